@@ -7,5 +7,7 @@ of a metric (F1 by default).  See :func:`pxpermute.channel_importance`.
 __version__ = "0.1.0"
 
 from .datasets import GroundTruth, IFCDataset  # noqa: E402
+from .importance import channel_importance  # noqa: E402
+from .result import ImportanceResult  # noqa: E402
 
-__all__ = ["IFCDataset", "GroundTruth", "__version__"]
+__all__ = ["IFCDataset", "GroundTruth", "channel_importance", "ImportanceResult", "__version__"]

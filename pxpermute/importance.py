@@ -1,0 +1,511 @@
+"""The PXPermute engine: perturb -> predict -> confusion matrices -> scores.
+
+One function, :func:`channel_importance`, serves every perturbation
+(``pixel`` = PXPermute, ``sample`` = cross-sample swap, ``fill`` = occlusion).
+Data are streamed: each block of images is read once, its unperturbed
+prediction is made once, then every (unit, repeat) perturbation of the block is
+predicted, several repeats stacked into one forward pass.  Only one K x K
+confusion matrix per (repeat, unit) is accumulated -- never per-image
+predictions -- so memory does not grow with the data set, and shards of a
+distributed run combine by summing.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from .datasets.base import IFCDataset, resolve_channels
+from .perturb import DETERMINISTIC, PERTURBATIONS, PerturbContext, seed_words
+from .metrics import METRICS
+from .result import ImportanceResult
+
+__all__ = ["channel_importance", "ImportanceResult", "as_predictor", "as_source"]
+
+
+# -----------------------------------------------------------------------------
+# data sources
+# -----------------------------------------------------------------------------
+class _Source:
+    """Uniform random-access view of the data the engine evaluates."""
+
+    def __init__(self, n: int, image_shape: tuple[int, int, int], labels: np.ndarray | None,
+                 reader: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+                 channel_names: list[str] | None, class_names: list[str] | None, name: str | None,
+                 num_workers: int = 0) -> None:
+        self.n = n
+        self.image_shape = image_shape
+        self.labels = labels
+        self.reader = reader
+        self.channel_names = channel_names
+        self.class_names = class_names
+        self.name = name
+        self.num_workers = num_workers
+
+    @property
+    def n_channels(self) -> int:
+        return self.image_shape[0]
+
+    def read(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x, y = self.reader(idx)
+        return np.asarray(x, dtype=np.float32), np.asarray(y)
+
+    def blocks(self, indices: np.ndarray, block: int):
+        """Yield (idx, x, y) blocks in order, optionally prefetched by DataLoader workers."""
+        chunks = [indices[i : i + block] for i in range(0, len(indices), block)]
+        if self.num_workers > 0:
+            loader = DataLoader(_BlockDataset(self, chunks), batch_size=None, shuffle=False,
+                                num_workers=self.num_workers)
+            for idx, (x, y) in zip(chunks, loader):
+                yield idx, np.asarray(x), np.asarray(y)
+        else:
+            for idx in chunks:
+                x, y = self.read(idx)
+                yield idx, x, y
+
+
+class _BlockDataset(Dataset):
+    def __init__(self, source: _Source, chunks: list[np.ndarray]) -> None:
+        self.source, self.chunks = source, chunks
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __getitem__(self, i: int):
+        return self.source.read(self.chunks[i])
+
+
+def _to_numpy(a: Any) -> np.ndarray:
+    if isinstance(a, torch.Tensor):
+        return a.detach().cpu().numpy()
+    return np.asarray(a)
+
+
+def as_source(data: Any, labels: Any = None, *, num_workers: int = 0) -> _Source:
+    """Wrap arrays, an (X, y) pair, an IFCDataset, a torch Dataset or a DataLoader."""
+    if isinstance(data, DataLoader):
+        if num_workers == 0:
+            num_workers = data.num_workers
+        data = data.dataset  # our own sequential, deterministic batching replaces the loader's
+    if isinstance(data, IFCDataset):
+        if labels is not None:
+            raise ValueError("labels come from the IFCDataset; do not pass labels= as well")
+        return _Source(len(data), data.image_shape, data.labels, data.get_batch, data.channel_names,
+                       data.class_names, data.name, num_workers)
+    if isinstance(data, tuple) and len(data) == 2 and labels is None:
+        data, labels = data
+    if isinstance(data, Dataset):
+        if labels is not None:
+            raise ValueError("labels come from the Dataset's items; do not pass labels= as well")
+        n = len(data)  # type: ignore[arg-type]
+        if n == 0:
+            raise ValueError("the data set is empty (0 samples)")
+        first = data[0]
+        if not isinstance(first, (tuple, list)) or len(first) < 2:
+            raise TypeError("a torch Dataset must yield (image, label) pairs")
+        shape = tuple(_to_numpy(first[0]).shape)
+        if len(shape) != 3:
+            raise ValueError(f"Dataset images must have shape (C, H, W), got {shape}")
+
+        def reader(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            items = [data[int(i)] for i in idx]
+            return np.stack([_to_numpy(it[0]) for it in items]), np.array([int(it[1]) for it in items])
+
+        return _Source(n, shape, None, reader, None, None, type(data).__name__, num_workers)
+    if labels is None:
+        raise ValueError("labels are required when data is an array (pass labels=y or data=(X, y))")
+    X = data.detach().cpu() if isinstance(data, torch.Tensor) else data
+    if not hasattr(X, "shape") or not hasattr(X, "__getitem__"):
+        X = np.asarray(X)
+    y = _to_numpy(labels)
+    if len(X.shape) != 4:
+        raise ValueError(f"images must have shape (N, C, H, W), got shape {tuple(X.shape)}")
+    if y.ndim != 1:
+        raise ValueError(f"labels must be 1-D, got shape {y.shape}")
+    if len(y) != X.shape[0]:
+        raise ValueError(f"mismatched lengths: {X.shape[0]} images but {len(y)} labels")
+    if y.size and not np.issubdtype(y.dtype, np.integer):
+        if np.issubdtype(y.dtype, np.floating) and np.all(np.isfinite(y)) and np.all(np.mod(y, 1) == 0):
+            y = y.astype(np.int64)
+        else:
+            raise TypeError(f"labels must be integer class indices, got dtype {y.dtype}")
+
+    def reader(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x = X[torch.from_numpy(idx)] if isinstance(X, torch.Tensor) else X[idx]
+        return _to_numpy(x), y[idx]
+
+    return _Source(int(X.shape[0]), tuple(int(s) for s in X.shape[1:]), y.astype(np.int64), reader,
+                   None, None, None, num_workers)
+
+
+# -----------------------------------------------------------------------------
+# models
+# -----------------------------------------------------------------------------
+def _first_conv_channels(module: nn.Module) -> int | None:
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.Conv1d, nn.Conv3d)):
+            return int(m.in_channels)
+    return None
+
+
+class _Predictor:
+    """Turns any supported model into ``x (B, C, H, W) tensor -> predicted labels (B,) long``."""
+
+    def __init__(self, model: Any, device: Any = None, *, amp: bool = False, channels_last: bool = False) -> None:
+        self.kind: str
+        self.amp = amp
+        self.channels_last = channels_last
+        self.name = type(model).__name__
+        module = None
+        if isinstance(model, nn.Module):
+            module = model
+        elif hasattr(model, "module_") and isinstance(getattr(model, "module_"), nn.Module) and hasattr(model, "predict"):
+            module = model.module_  # skorch: call the fitted module directly (same argmax as predict)
+            if device is None and getattr(model, "device", None):
+                device = model.device
+            self.name = f"{type(model).__name__}({type(module).__name__})"
+        if module is not None:
+            self.kind = "torch"
+            if device is None:
+                p = next(module.parameters(), None)
+                device = p.device if p is not None else "cpu"
+            self.device = torch.device(device)
+            self.module = module.to(self.device).eval()
+            if channels_last and self.device.type == "cuda":
+                self.module = self.module.to(memory_format=torch.channels_last)
+            self.expected_channels = _first_conv_channels(module)
+        elif hasattr(model, "predict") and callable(model.predict):
+            self.kind = "sklearn"
+            self.model = model
+            self.device = torch.device(device or "cpu")
+            self.expected_channels = getattr(model, "n_channels_", None)
+        elif callable(model):
+            self.kind = "callable"
+            self.model = model
+            self.device = torch.device(device or "cpu")
+            self.expected_channels = None
+        else:
+            raise TypeError(
+                "model must be a torch nn.Module returning logits, an object with .predict "
+                f"(sklearn / skorch), or a callable returning scores or labels; got {type(model).__name__}"
+            )
+
+    def raw(self, x: torch.Tensor) -> Any:
+        if self.kind == "torch":
+            if self.channels_last and x.is_cuda:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.inference_mode():
+                if self.amp and x.is_cuda:
+                    with torch.autocast("cuda", dtype=torch.bfloat16):
+                        return self.module(x)
+                return self.module(x)
+        if self.kind == "sklearn":
+            return self.model.predict(x.detach().cpu().numpy())
+        with torch.inference_mode():
+            return self.model(x)
+
+    def __call__(self, x: torch.Tensor, n_classes: int) -> torch.Tensor:
+        out = self.raw(x)
+        if not isinstance(out, torch.Tensor):
+            out = torch.as_tensor(np.asarray(out))
+        out = out.to(x.device)
+        if out.ndim == 2 and out.shape[0] == x.shape[0]:
+            if out.shape[1] < 2:
+                raise ValueError(
+                    f"model returned {out.shape[1]} score column(s); pxpermute needs one score per class "
+                    "(for a binary model with a single logit, return torch.cat([-z, z], 1))"
+                )
+            if out.shape[1] != n_classes:
+                raise ValueError(f"model returned scores for {out.shape[1]} classes but the data have {n_classes} classes")
+            pred = out.argmax(dim=1)
+        elif out.ndim == 1 and out.shape[0] == x.shape[0]:
+            if out.is_floating_point():
+                if not torch.all(out == out.round()):
+                    raise ValueError("model returned a 1-D float output that is not class labels; return (B, K) scores or integer labels")
+            pred = out.long()
+        else:
+            raise ValueError(f"model output has shape {tuple(out.shape)} for a batch of {x.shape[0]}; expected (B, K) scores or (B,) labels")
+        if pred.numel() and (int(pred.min()) < 0 or int(pred.max()) >= n_classes):
+            raise ValueError(
+                f"model predicted class {int(pred.max()) if int(pred.max()) >= n_classes else int(pred.min())} "
+                f"outside [0, {n_classes}); pass class_names / n_classes matching the model"
+            )
+        return pred
+
+
+def as_predictor(model: Any, device: Any = None, **kw: Any) -> _Predictor:
+    return _Predictor(model, device, **kw)
+
+
+# -----------------------------------------------------------------------------
+# the engine
+# -----------------------------------------------------------------------------
+def _resolve_units(groups: Any, channel_names: list[str]) -> tuple[list[list[int]], list[str], dict[str, list[str]] | None]:
+    if groups is None:
+        return [[c] for c in range(len(channel_names))], list(channel_names), None
+    if isinstance(groups, Mapping):
+        items = list(groups.items())
+    else:
+        items = [("+".join(str(g) for g in grp) if not isinstance(grp, (str, int)) else str(grp), grp) for grp in groups]
+    if not items:
+        raise ValueError("groups is empty")
+    units, names, mapping = [], [], {}
+    for name, grp in items:
+        chans = resolve_channels(grp, channel_names)
+        if not chans:
+            raise ValueError(f"group {name!r} has no channels")
+        units.append(chans)
+        names.append(str(name))
+        mapping[str(name)] = [channel_names[c] for c in chans]
+    return units, names, mapping
+
+
+def _check_finite(x: torch.Tensor, idx: np.ndarray) -> None:
+    if not bool(torch.isfinite(x).all()):
+        bad = (~torch.isfinite(x)).flatten(1).any(1).nonzero().flatten().cpu().numpy()
+        raise ValueError(
+            f"images contain NaN or inf values (samples {idx[bad][:10].tolist()}{' ...' if len(bad) > 10 else ''}); "
+            "clean or impute them before computing importances"
+        )
+
+
+def channel_importance(
+    model: Any,
+    data: Any,
+    *,
+    labels: Any = None,
+    n_repeats: int = 100,
+    perturbation: str = "pixel",
+    metric: str = "f1",
+    aggregate: str = "mean",
+    groups: Mapping[str, Sequence[int | str]] | Sequence[Sequence[int | str]] | None = None,
+    shared_group_permutation: bool = True,
+    batch_size: int = 256,
+    device: Any = None,
+    random_state: int | None = None,
+    channel_names: Sequence[str] | None = None,
+    class_names: Sequence[str] | None = None,
+    n_classes: int | None = None,
+    fill_value: float = 0.0,
+    num_workers: int = 0,
+    amp: bool = False,
+    channels_last: bool = False,
+    progress: bool = True,
+) -> ImportanceResult:
+    """Channel importance by perturbing one channel (or group) at a time.
+
+    For every channel ``c`` and repeat ``r = 1..k`` the channel is perturbed in
+    every test image, the model predicts, and the per-class metric over the
+    whole test set is compared with the unperturbed one; the drop aggregated
+    over classes (mean, or median) and then over repeats is the importance.
+
+    Parameters
+    ----------
+    model : nn.Module, skorch/sklearn estimator or callable
+        ``nn.Module`` returning logits or probabilities (argmax is taken), an
+        estimator with ``predict`` (it receives ``(B, C, H, W)`` numpy arrays and
+        returns integer labels; a fitted skorch net's ``module_`` is called
+        directly), or any callable taking a ``(B, C, H, W)`` tensor and
+        returning ``(B, K)`` scores or ``(B,)`` integer labels.
+    data : IFCDataset, (X, y), array/tensor with ``labels=``, torch Dataset or DataLoader
+        Test data. A DataLoader contributes its dataset and ``num_workers``; the
+        engine batches sequentially itself so results are reproducible.
+    n_repeats : int, default 100
+        k, the number of permutations per channel (the paper's recommendation).
+        Ignored (1 is used) for the deterministic ``fill`` perturbation.
+    perturbation : {"pixel", "sample", "fill"}
+        ``pixel``: PXPermute, pixels permuted within each image's channel.  This
+        keeps each channel's intensity histogram per image, so a channel whose
+        only class signal is its *total intensity* scores ~0 -- use ``sample``
+        (channel swapped with the same channel of another test image) to see
+        such channels.  ``fill``: occlusion with ``fill_value``.
+    metric : {"f1", "precision", "recall", "accuracy", "balanced_accuracy", "f1_macro"}
+        Per-class metrics are averaged over the classes present in the data;
+        classes absent from the test set are left out (see :mod:`pxpermute.metrics`).
+    aggregate : {"mean", "median"}
+        How drops are aggregated over classes and over repeats.
+    groups : mapping name -> channels, or list of channel lists, optional
+        Score groups of channels as one unit each.  With ``pixel``, a group
+        shares one pixel permutation per image by default (keeping the pixel
+        correspondence between its channels); ``shared_group_permutation=False``
+        permutes each channel of the group independently.
+    batch_size : int
+        Images per forward pass.  Blocks smaller than this stack several repeats
+        into one pass.  Does not change the result.
+    random_state : int or None
+        Seed.  Each permutation is a function of (seed, sample index, unit,
+        repeat), so the result is bit-identical for any batch size.  ``None``
+        draws a fresh seed and records it in ``result.info["random_state"]``.
+    num_workers : int
+        DataLoader workers that prefetch blocks (useful for lazy HDF5 data).
+    amp, channels_last : bool
+        bfloat16 autocast / channels-last memory format for CUDA models.
+    progress : bool
+        Show a tqdm progress bar.
+
+    Returns
+    -------
+    ImportanceResult
+
+    Examples
+    --------
+    >>> from pxpermute.datasets import make_synthetic
+    >>> ds = make_synthetic("default", n_samples=200)
+    >>> oracle = lambda x: torch.nn.functional.one_hot(torch.as_tensor(ds.labels[:len(x)]), ds.n_classes)
+    >>> res = channel_importance(lambda x: torch.zeros(len(x), ds.n_classes), ds, n_repeats=2, progress=False)
+    >>> res.importances.shape
+    (2, 6)
+    """
+    t0 = time.perf_counter()
+    if isinstance(n_repeats, bool) or not isinstance(n_repeats, (int, np.integer)):
+        raise TypeError(f"n_repeats must be an integer >= 1, got {n_repeats!r}")
+    if n_repeats < 1:
+        raise ValueError(f"n_repeats must be >= 1, got {n_repeats}")
+    if perturbation not in PERTURBATIONS:
+        raise ValueError(f"unknown perturbation {perturbation!r}; choose one of {sorted(PERTURBATIONS)}")
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; choose one of {sorted(METRICS)}")
+    if aggregate not in ("mean", "median"):
+        raise ValueError(f"aggregate must be 'mean' or 'median', got {aggregate!r}")
+    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if random_state is None:
+        random_state = int(np.random.SeedSequence().entropy % (2**63))
+    elif isinstance(random_state, np.random.Generator):
+        random_state = int(random_state.integers(2**63))
+    elif not isinstance(random_state, (int, np.integer)) or random_state < 0:
+        raise TypeError(f"random_state must be a non-negative int or None, got {random_state!r}")
+    random_state = int(random_state)
+
+    src = as_source(data, labels, num_workers=num_workers)
+    if src.n == 0:
+        raise ValueError("the data set is empty (0 samples)")
+    C, H, W = src.image_shape
+    ch_names = list(channel_names) if channel_names is not None else (src.channel_names or [f"ch{i}" for i in range(C)])
+    if len(ch_names) != C:
+        raise ValueError(f"{len(ch_names)} channel names given for data with {C} channels")
+    if class_names is not None:
+        cls_names = list(class_names)
+    elif n_classes is not None:
+        cls_names = [f"class{i}" for i in range(int(n_classes))]
+    elif src.class_names is not None:
+        cls_names = list(src.class_names)
+    else:
+        cls_names = None
+    if n_classes is not None and cls_names is not None and len(cls_names) != n_classes:
+        raise ValueError(f"n_classes={n_classes} but {len(cls_names)} class names")
+
+    pred_fn = _Predictor(model, device, amp=amp, channels_last=channels_last)
+    dev = pred_fn.device
+    if pred_fn.expected_channels is not None and pred_fn.expected_channels != C:
+        raise ValueError(
+            f"the model expects {pred_fn.expected_channels} input channels but the data have {C} channels "
+            f"({ch_names}); select the channels the model was trained on"
+        )
+    if cls_names is None:
+        # infer K from the model's output width on the first image, else from the labels
+        x0, _ = src.read(np.array([0]))
+        out = pred_fn.raw(torch.from_numpy(x0).to(dev))
+        width = int(out.shape[1]) if getattr(out, "ndim", 1) == 2 else 0
+        lab_max = int(src.labels.max()) + 1 if src.labels is not None and src.labels.size else 0
+        cls_names = [f"class{i}" for i in range(max(width, lab_max))]
+    K = len(cls_names)
+    if K < 2:
+        raise ValueError(f"need at least 2 classes, got {K}")
+    if src.labels is not None:
+        lab = src.labels
+        if lab.min() < 0 or lab.max() >= K:
+            raise ValueError(f"labels must lie in [0, {K}) for {K} classes; found range [{lab.min()}, {lab.max()}]")
+
+    units, unit_names, group_map = _resolve_units(groups, ch_names)
+    U = len(units)
+    R = 1 if perturbation in DETERMINISTIC else int(n_repeats)
+    perturb = PERTURBATIONS[perturbation]
+    seed = seed_words(random_state)
+
+    def fetch(idx: np.ndarray, chans: Sequence[int]) -> torch.Tensor:
+        order = np.argsort(idx, kind="stable")
+        uniq, inv = np.unique(idx[order], return_inverse=True)
+        xs, _ = src.read(uniq)
+        out = np.empty((len(idx), len(chans), H, W), np.float32)
+        out[order] = xs[:, list(chans)][inv]
+        return torch.from_numpy(out)
+
+    ctx = PerturbContext(seed, src.n, fetch=fetch, fill_value=fill_value, shared_group_permutation=shared_group_permutation)
+
+    cm_base = torch.zeros(K * K, dtype=torch.int64, device=dev)
+    cm = torch.zeros(R, U, K * K, dtype=torch.int64, device=dev)
+    indices = np.arange(src.n)
+    block = min(batch_size, src.n)
+    reps_per_pass = max(1, batch_size // block)
+    n_blocks = math.ceil(src.n / block)
+    n_chunks = math.ceil(R / reps_per_pass)
+    n_forward = 0
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=n_blocks * (1 + U * n_chunks), disable=not progress, desc=f"{perturbation} k={R}", unit="pass")
+    try:
+        for idx, x_np, y_np in src.blocks(indices, block):
+            x = torch.from_numpy(np.ascontiguousarray(x_np)).to(dev)
+            if x.shape[1:] != (C, H, W):
+                raise ValueError(f"image shape changed within the data: {tuple(x.shape[1:])} vs {(C, H, W)}")
+            _check_finite(x, idx)
+            y = torch.as_tensor(np.asarray(y_np, dtype=np.int64), device=dev)
+            if src.labels is None and y.numel() and (int(y.min()) < 0 or int(y.max()) >= K):
+                raise ValueError(f"labels must lie in [0, {K}) for {K} classes; found {int(y.min())}..{int(y.max())}")
+            idx_t = torch.from_numpy(idx).to(dev)
+            try:
+                p0 = pred_fn(x, K)
+            except ValueError:
+                raise
+            except Exception as err:
+                raise ValueError(f"the model failed on a batch of shape {tuple(x.shape)}: {type(err).__name__}: {err}") from err
+            cm_base += torch.bincount(y * K + p0, minlength=K * K)
+            n_forward += len(idx)
+            bar.update(1)
+            yk = (y * K).repeat(reps_per_pass)
+            for u, chans in enumerate(units):
+                for r0 in range(0, R, reps_per_pass):
+                    reps = torch.arange(r0, min(R, r0 + reps_per_pass), device=dev)
+                    S = len(reps)
+                    xp = perturb(x, idx_t, chans, u, reps, ctx)
+                    pred = pred_fn(xp, K)
+                    flat = (torch.arange(S, device=dev).repeat_interleave(len(idx)) * (K * K)) + yk[: S * len(idx)] + pred
+                    cm[r0 : r0 + S, u] += torch.bincount(flat, minlength=S * K * K).view(S, K * K)
+                    n_forward += S * len(idx)
+                    bar.update(1)
+    finally:
+        bar.close()
+
+    base_np = cm_base.view(K, K).cpu().numpy()
+    cm_np = cm.view(R, U, K, K).cpu().numpy()
+    info = {
+        "method": "pxpermute" if perturbation == "pixel" else {"sample": "sample-permutation", "fill": "occlusion"}[perturbation],
+        "perturbation": perturbation,
+        "n_repeats": R,
+        "random_state": random_state,
+        "n_samples": int(src.n),
+        "data": src.name,
+        "model": pred_fn.name,
+        "device": str(dev),
+        "batch_size": int(batch_size),
+        "n_forward_images": int(n_forward),
+        "runtime_s": time.perf_counter() - t0,
+    }
+    if perturbation == "fill":
+        info["fill_value"] = fill_value
+    if group_map is not None:
+        info["shared_group_permutation"] = shared_group_permutation
+    from . import __version__
+
+    info["pxpermute_version"] = __version__
+    return ImportanceResult.from_confusion(
+        base_np, cm_np, metric=metric, aggregate=aggregate, channel_names=unit_names, class_names=cls_names,
+        groups=group_map, info=info,
+    )

@@ -1,0 +1,249 @@
+"""Channel perturbations: within-image pixel permutation, cross-sample swap, constant fill.
+
+All randomness is *counter-based*: the permutation applied to sample ``i`` for
+perturbation unit ``u`` (a channel, or a group of channels) in repeat ``r`` is a
+pure function of ``(seed, i, u, r)``.  It does not depend on the batch the sample
+arrives in, on the batch size, on the order of evaluation or on how the data are
+sharded over processes, which is what makes results bit-identical across all of
+those.  Keys come from the splitmix64 finalizer evaluated with wrapping int64 tensor
+arithmetic on the model's device (checked against numpy once per device), so
+permutations are generated vectorized on CPU or GPU: random keys, ``argsort``,
+``gather`` -- never a Python loop per image or pixel.
+
+Each perturbation is a small function of a batch; the importance engine is
+shared, so occlusion (``fill``) is the same code path as PXPermute (``pixel``).
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+__all__ = [
+    "PERTURBATIONS",
+    "seed_words",
+    "pixel_permutation",
+    "sample_permutation",
+    "perturb_pixel",
+    "perturb_sample",
+    "perturb_fill",
+]
+
+_MASK64 = (1 << 64) - 1
+_C1 = 0xBF58476D1CE4E5B9 - (1 << 64)  # splitmix64 finalizer constants, as signed int64
+_C2 = 0x94D049BB133111EB - (1 << 64)
+_GOLD = 0x9E3779B97F4A7C15 - (1 << 64)
+
+
+def _mix64_(x: torch.Tensor) -> torch.Tensor:
+    """In-place splitmix64 finalizer on an int64 tensor (wrapping arithmetic), returns ``x``.
+
+    Logical right shifts are emulated with a mask since torch shifts int64
+    arithmetically.  The result is checked once against a numpy uint64
+    reference (:func:`_check_wrapping`), so a platform where int64 multiplication
+    does not wrap is detected instead of silently producing other permutations.
+    """
+    x.bitwise_xor_((x >> 30).bitwise_and_((1 << 34) - 1))
+    x.mul_(_C1)
+    x.bitwise_xor_((x >> 27).bitwise_and_((1 << 37) - 1))
+    x.mul_(_C2)
+    x.bitwise_xor_((x >> 31).bitwise_and_((1 << 33) - 1))
+    return x
+
+
+def _mix64(x: torch.Tensor) -> torch.Tensor:
+    return _mix64_(x.clone())
+
+
+def _as_i64(v: int) -> int:
+    v &= _MASK64
+    return v - (1 << 64) if v >= (1 << 63) else v
+
+
+def _np_mix64(v: np.ndarray) -> np.ndarray:
+    x = v.astype(np.uint64)
+    with np.errstate(over="ignore"):
+        x ^= x >> np.uint64(30)
+        x *= np.uint64(0xBF58476D1CE4E5B9)
+        x ^= x >> np.uint64(27)
+        x *= np.uint64(0x94D049BB133111EB)
+        x ^= x >> np.uint64(31)
+    return x
+
+
+_checked: set[str] = set()
+
+
+def _check_wrapping(device: torch.device) -> None:
+    if str(device) in _checked:
+        return
+    probe = np.array([0, 1, 2**40 + 7, 2**63 - 1, 2**63, 2**64 - 1], dtype=np.uint64)
+    ref = _np_mix64(probe)
+    got = _mix64(torch.from_numpy(probe.view(np.int64)).to(device)).cpu().numpy().view(np.uint64)
+    if not np.array_equal(ref, got):
+        raise RuntimeError(f"int64 arithmetic on {device} does not wrap as expected; permutations would not be reproducible")
+    _checked.add(str(device))
+
+
+def seed_words(random_state: int) -> int:
+    """A 64-bit key (as signed int) derived from an arbitrary non-negative integer seed."""
+    s = np.random.SeedSequence(int(random_state)).generate_state(2, dtype=np.uint32)
+    return _as_i64((int(s[0]) << 32) | int(s[1]))
+
+
+def _base_keys(seed: int, sample_idx: torch.Tensor, unit: int, repeats: torch.Tensor, tag: int) -> torch.Tensor:
+    """Well-mixed int64 keys of shape (len(repeats), len(sample_idx)) for (seed, unit, repeat, sample, tag)."""
+    dev = sample_idx.device
+    _check_wrapping(dev)
+    head = _mix64(torch.tensor([seed], dtype=torch.int64))
+    head = _mix64_(head ^ _as_i64(tag * 0x100000001B3 + unit))
+    r = _mix64_(repeats.to(dev, torch.int64) * _GOLD ^ head.to(dev))  # (S,)
+    i = _mix64_(sample_idx.to(dev, torch.int64) * _C2 + 0x632BE59BD9B4E019)  # (B,)
+    return _mix64_(r[:, None] ^ i[None, :])
+
+
+_PIXEL_TAG = 0x50495853  # "PIXS"
+_SAMPLE_TAG = 0x53414D50  # "SAMP"
+
+_pixel_key_cache: dict[tuple[int, str], torch.Tensor] = {}
+
+
+def _pixel_keys(n_pixels: int, device: torch.device) -> torch.Tensor:
+    key = (n_pixels, str(device))
+    k = _pixel_key_cache.get(key)
+    if k is None:
+        k = _mix64_(torch.arange(n_pixels, dtype=torch.int64, device=device) * _GOLD + 0x2545F4914F6CDD1D)
+        if len(_pixel_key_cache) > 16:
+            _pixel_key_cache.clear()
+        _pixel_key_cache[key] = k
+    return k
+
+
+def pixel_permutation(seed: int, sample_idx: torch.Tensor, unit: int, repeats: torch.Tensor, n_pixels: int) -> torch.Tensor:
+    """Pixel permutations for every (repeat, sample): int64 tensor (S, B, n_pixels).
+
+    Row ``[s, b]`` is a permutation of ``range(n_pixels)``: pixel ``p`` of the
+    permuted image takes the value of pixel ``perm[p]`` of the original.  Keys
+    are 64-bit hashes of (seed, unit, repeat, sample, pixel), so ties are
+    practically impossible (and would be broken deterministically).
+    """
+    base = _base_keys(seed, sample_idx, unit, repeats, _PIXEL_TAG)  # (S, B)
+    keys = _mix64_(base[..., None] ^ _pixel_keys(n_pixels, base.device))  # (S, B, P)
+    return torch.argsort(keys, dim=-1, stable=True)
+
+
+def sample_permutation(seed: int, sample_idx: torch.Tensor, unit: int, repeats: torch.Tensor, n: int) -> torch.Tensor:
+    """Donor sample for every (repeat, sample): int64 tensor (S, B) with values in [0, n).
+
+    For each (unit, repeat) the map ``i -> donor(i)`` is a bijection of
+    ``range(n)`` (a 4-round Feistel network on the next even power of two, with
+    cycle walking), so the channel is *permuted across the whole set*: every
+    image's channel is used exactly once, whatever the batching.  A sample can
+    be its own donor with probability about 1/n, as in any random permutation.
+    """
+    i = sample_idx.to(torch.int64)
+    S = len(repeats)
+    x = i[None, :].expand(S, -1).clone()
+    if n <= 1:
+        return x
+    bits = max(2, int(np.ceil(np.log2(n))))
+    half = (bits + 1) // 2
+    mask = (1 << half) - 1
+    rk = _base_keys(seed, torch.arange(4, device=i.device), unit, repeats, _SAMPLE_TAG)  # (S, 4) round keys
+
+    def enc(v: torch.Tensor) -> torch.Tensor:
+        left, right = v >> half, v & mask
+        for rnd in range(4):
+            f = _mix64_(right ^ rk[:, rnd : rnd + 1]) & mask
+            left, right = right, left ^ f
+        return (left << half) | right
+
+    y = enc(x)
+    out_of_range = y >= n
+    while bool(out_of_range.any()):
+        y = torch.where(out_of_range, enc(y), y)
+        out_of_range = y >= n
+    return y
+
+
+# --- batch perturbations -------------------------------------------------------
+# Signature: f(x, idx, channels, unit, repeats, ctx) -> tensor (S * B, C, H, W)
+#   x: (B, C, H, W) batch on the device, idx: (B,) global sample indices,
+#   channels: the channels of this unit, unit: unit id (for keys), repeats: (S,) repeat ids,
+#   ctx: PerturbContext with seed, n (data set size), fetch(donor_idx, channels) and fill value.
+
+
+class PerturbContext:
+    """What perturbations may need beyond the batch itself."""
+
+    def __init__(
+        self,
+        seed: int,
+        n: int,
+        fetch: Callable[[np.ndarray, Sequence[int]], torch.Tensor] | None = None,
+        fill_value: float = 0.0,
+        shared_group_permutation: bool = True,
+    ) -> None:
+        self.seed = seed
+        self.n = n
+        self.fetch = fetch
+        self.fill_value = fill_value
+        self.shared_group_permutation = shared_group_permutation
+
+
+def _stack(x: torch.Tensor, n_rep: int) -> torch.Tensor:
+    return x.unsqueeze(0).expand(n_rep, *x.shape).reshape(n_rep * x.shape[0], *x.shape[1:]).clone()
+
+
+def perturb_pixel(x, idx, channels, unit, repeats, ctx):
+    """PXPermute: permute the pixels within each image's channel(s) of ``unit``.
+
+    A group of channels shares one pixel permutation per image (pixel
+    correspondence between them is kept) unless ``ctx.shared_group_permutation``
+    is False, in which case every channel of the group gets its own.
+    """
+    B, C, H, W = x.shape
+    S = len(repeats)
+    out = _stack(x, S)
+    P = H * W
+    flat = out.view(S, B, C, P)
+    if ctx.shared_group_permutation or len(channels) == 1:
+        perm = pixel_permutation(ctx.seed, idx, unit, repeats, P)  # (S, B, P)
+        for c in channels:
+            flat[:, :, c] = torch.gather(x[:, c].reshape(1, B, P).expand(S, B, P), 2, perm)
+    else:
+        for j, c in enumerate(channels):
+            perm = pixel_permutation(ctx.seed, idx, (unit << 8) + j + 1, repeats, P)
+            flat[:, :, c] = torch.gather(x[:, c].reshape(1, B, P).expand(S, B, P), 2, perm)
+    return out
+
+
+def perturb_sample(x, idx, channels, unit, repeats, ctx):
+    """Cross-sample swap: channel(s) of ``unit`` replaced by those of another image of the set.
+
+    Keeps each image's other channels, and the distribution of the perturbed
+    channel across the set (it is permuted across images), so information in a
+    channel's total intensity is destroyed as well as its spatial pattern.
+    """
+    if ctx.fetch is None:
+        raise RuntimeError("the 'sample' perturbation needs random access to the data set")
+    B = x.shape[0]
+    S = len(repeats)
+    out = _stack(x, S)
+    donors = sample_permutation(ctx.seed, idx, unit, repeats, ctx.n)  # (S, B)
+    donor_x = ctx.fetch(donors.reshape(-1).cpu().numpy(), channels)  # (S*B, len(channels), H, W)
+    out[:, list(channels)] = donor_x.to(out.device, out.dtype)
+    return out
+
+
+def perturb_fill(x, idx, channels, unit, repeats, ctx):
+    """Occlusion: channel(s) of ``unit`` set to a constant (default 0, as in the paper)."""
+    out = _stack(x, len(repeats))
+    out[:, list(channels)] = ctx.fill_value
+    return out
+
+
+PERTURBATIONS: dict[str, Callable] = {"pixel": perturb_pixel, "sample": perturb_sample, "fill": perturb_fill}
+#: perturbations whose outcome does not depend on the repeat (one repeat suffices)
+DETERMINISTIC = {"fill"}

@@ -1,0 +1,393 @@
+"""The result object shared by PXPermute, occlusion and the attribution baselines."""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from .metrics import compute_metric, present_classes
+
+__all__ = ["ImportanceResult", "ResultFileError"]
+
+FORMAT_VERSION = 1
+
+
+class ResultFileError(OSError):
+    """A saved result is missing, truncated, corrupted or inconsistent."""
+
+
+class ImportanceResult:
+    """Channel importances with their per-repeat and per-class detail.
+
+    Modelled on scikit-learn's ``permutation_importance`` Bunch, with more detail.
+
+    Attributes
+    ----------
+    channel_names : list of str
+        One name per scored unit (a channel, or a channel group).
+    class_names : list of str
+    importances : ndarray (R, C)
+        Importance per repeat and unit (the metric drop aggregated over classes).
+    drops : ndarray (R, C, K') or None
+        Per-class drop ``baseline_scores - scores``; ``K' = 1`` for overall metrics.
+        ``NaN`` for classes absent from the evaluated data.
+    baseline_scores : ndarray (K',) or None
+        Unperturbed metric per class.
+    scores : ndarray (R, C, K') or None
+        Metric per repeat, unit and class with the unit perturbed.
+    confusion, baseline_confusion : ndarray (R, C, K, K) and (K, K), or None
+        The accumulated confusion matrices (rows true, columns predicted); any
+        metric can be recomputed from them with :meth:`rescore`.
+    importances_mean, importances_std, importances_median : ndarray (C,)
+    importance : ndarray (C,)
+        The summary used for the ranking: mean or median over repeats (``aggregate``).
+    ci_low, ci_high : ndarray (C,)
+        95 % confidence interval of the mean over repeats (t-interval, standard
+        error ``std / sqrt(R)``); NaN when R < 2.  It reflects the randomness of
+        the permutations only, not which test cells were drawn.
+    present_classes : ndarray (K,) of bool
+        Classes with support in the evaluated data (the others are left out of
+        every average, see :mod:`pxpermute.metrics`).
+    groups : dict or None
+        Unit name -> channel names, when units are channel groups.
+    info : dict
+        Provenance: method, perturbation, metric, aggregate, n_repeats, random_state,
+        n_samples, data and model names, runtime, device ...
+    """
+
+    def __init__(
+        self,
+        importances: np.ndarray,
+        *,
+        channel_names: Sequence[str],
+        class_names: Sequence[str] = (),
+        drops: np.ndarray | None = None,
+        baseline_scores: np.ndarray | None = None,
+        confusion: np.ndarray | None = None,
+        baseline_confusion: np.ndarray | None = None,
+        present: np.ndarray | None = None,
+        groups: dict[str, list[str]] | None = None,
+        info: dict[str, Any] | None = None,
+    ) -> None:
+        imp = np.asarray(importances, dtype=np.float64)
+        if imp.ndim == 1:
+            imp = imp[None, :]
+        if imp.ndim != 2:
+            raise ValueError(f"importances must have shape (repeats, channels), got {imp.shape}")
+        self.importances = imp
+        self.channel_names = list(channel_names)
+        if len(self.channel_names) != imp.shape[1]:
+            raise ValueError(f"{len(self.channel_names)} channel names for {imp.shape[1]} scored units")
+        self.class_names = list(class_names)
+        self.drops = None if drops is None else np.asarray(drops, dtype=np.float64)
+        self.baseline_scores = None if baseline_scores is None else np.asarray(baseline_scores, dtype=np.float64)
+        self.confusion = None if confusion is None else np.asarray(confusion)
+        self.baseline_confusion = None if baseline_confusion is None else np.asarray(baseline_confusion)
+        if present is None:
+            present = np.ones(len(self.class_names), bool)
+        self.present_classes = np.asarray(present, bool)
+        self.groups = groups
+        self.info = dict(info or {})
+        self.info.setdefault("aggregate", "mean")
+        self._summarize()
+
+    # -- construction from confusion matrices ----------------------------------
+    @classmethod
+    def from_confusion(
+        cls,
+        baseline_confusion: np.ndarray,
+        confusion: np.ndarray,
+        *,
+        metric: str = "f1",
+        aggregate: str = "mean",
+        present: np.ndarray | None = None,
+        **kwargs: Any,
+    ) -> "ImportanceResult":
+        """Build a result from the baseline (K, K) and perturbed (R, C, K, K) confusion matrices."""
+        if aggregate not in ("mean", "median"):
+            raise ValueError(f"aggregate must be 'mean' or 'median', got {aggregate!r}")
+        if present is None:
+            present = present_classes(baseline_confusion)
+        present = np.asarray(present, bool)
+        base = compute_metric(baseline_confusion, metric, present)
+        scores = compute_metric(confusion, metric, present)
+        drops = base - scores
+        cols = present if drops.shape[-1] == len(present) else np.ones(drops.shape[-1], bool)
+        agg = np.mean if aggregate == "mean" else np.median
+        importances = agg(drops[..., cols], axis=-1)
+        info = dict(kwargs.pop("info", {}) or {})
+        info.update(metric=metric, aggregate=aggregate)
+        return cls(
+            importances,
+            drops=drops,
+            baseline_scores=base,
+            confusion=confusion,
+            baseline_confusion=baseline_confusion,
+            present=present,
+            info=info,
+            **kwargs,
+        )
+
+    def rescore(self, metric: str, *, aggregate: str | None = None) -> "ImportanceResult":
+        """The same run scored with another metric (from the stored confusion matrices)."""
+        if self.confusion is None or self.baseline_confusion is None:
+            raise ValueError("this result holds no confusion matrices (e.g. an attribution baseline); cannot rescore")
+        info = {k: v for k, v in self.info.items() if k not in ("metric", "aggregate")}
+        return ImportanceResult.from_confusion(
+            self.baseline_confusion,
+            self.confusion,
+            metric=metric,
+            aggregate=aggregate or self.info.get("aggregate", "mean"),
+            present=self.present_classes,
+            channel_names=self.channel_names,
+            class_names=self.class_names,
+            groups=self.groups,
+            info=info,
+        )
+
+    # -- summaries ---------------------------------------------------------------
+    def _summarize(self) -> None:
+        imp = self.importances
+        R = imp.shape[0]
+        self.importances_mean = imp.mean(axis=0)
+        self.importances_median = np.median(imp, axis=0)
+        self.importances_std = imp.std(axis=0, ddof=1) if R > 1 else np.zeros(imp.shape[1])
+        if R > 1:
+            half = stats.t.ppf(0.975, R - 1) * self.importances_std / np.sqrt(R)
+            self.ci_low = self.importances_mean - half
+            self.ci_high = self.importances_mean + half
+        else:
+            self.ci_low = np.full(imp.shape[1], np.nan)
+            self.ci_high = np.full(imp.shape[1], np.nan)
+        self.importance = self.importances_median if self.info.get("aggregate") == "median" else self.importances_mean
+
+    @property
+    def n_repeats(self) -> int:
+        return int(self.importances.shape[0])
+
+    @property
+    def baseline_score(self) -> float:
+        """Unperturbed metric averaged over present classes."""
+        if self.baseline_scores is None:
+            return float("nan")
+        b = self.baseline_scores
+        return float(np.mean(b[self.present_classes] if b.shape[-1] == len(self.present_classes) else b))
+
+    @property
+    def ranking(self) -> np.ndarray:
+        """Unit indices from most to least important (ties keep channel order)."""
+        return np.argsort(-self.importance, kind="stable")
+
+    @property
+    def ranked_channels(self) -> list[str]:
+        return [self.channel_names[i] for i in self.ranking]
+
+    def normalized(self) -> pd.Series:
+        """Importances min-max normalized to [0, 1] (as the paper shows them)."""
+        return pd.Series(_minmax(self.importance, self.importance), index=self.channel_names, name="normalized")
+
+    def to_frame(self, level: str = "channel") -> pd.DataFrame:
+        """Tidy table.
+
+        ``level="channel"``: one row per channel (importance, std, CI, normalized, rank);
+        ``"repeat"``: one row per (repeat, channel); ``"class"``: one row per
+        (repeat, channel, class) with baseline, perturbed score and drop.
+        """
+        method = self.info.get("method", "pxpermute")
+        if level == "channel":
+            df = pd.DataFrame(
+                {
+                    "channel": self.channel_names,
+                    "importance": self.importance,
+                    "mean": self.importances_mean,
+                    "std": self.importances_std,
+                    "median": self.importances_median,
+                    "ci_low": self.ci_low,
+                    "ci_high": self.ci_high,
+                    "normalized": self.normalized().to_numpy(),
+                }
+            )
+            df["rank"] = np.argsort(self.ranking) + 1
+            df.insert(0, "method", method)
+            return df
+        if level == "repeat":
+            R, C = self.importances.shape
+            return pd.DataFrame(
+                {
+                    "method": method,
+                    "repeat": np.repeat(np.arange(R), C),
+                    "channel": np.tile(self.channel_names, R),
+                    "importance": self.importances.reshape(-1),
+                }
+            )
+        if level == "class":
+            if self.drops is None:
+                raise ValueError("this result has no per-class detail")
+            R, C, K = self.drops.shape
+            names = self.class_names if K == len(self.class_names) else [self.info.get("metric", "overall")] * K
+            base = np.broadcast_to(self.baseline_scores, (R, C, K))
+            return pd.DataFrame(
+                {
+                    "method": method,
+                    "repeat": np.repeat(np.arange(R), C * K),
+                    "channel": np.tile(np.repeat(self.channel_names, K), R),
+                    "class": np.tile(names, R * C),
+                    "baseline": base.reshape(-1),
+                    "score": (base - self.drops).reshape(-1),
+                    "drop": self.drops.reshape(-1),
+                }
+            )
+        raise ValueError(f"level must be 'channel', 'repeat' or 'class', got {level!r}")
+
+    def per_class(self) -> pd.DataFrame:
+        """Mean drop per (channel, class): rows channels, columns classes."""
+        if self.drops is None:
+            raise ValueError("this result has no per-class detail")
+        names = self.class_names if self.drops.shape[-1] == len(self.class_names) else [self.info.get("metric", "overall")]
+        return pd.DataFrame(self.drops.mean(axis=0), index=self.channel_names, columns=names)
+
+    def summary(self) -> str:
+        """A plain-text table of the ranking with 95 % CIs."""
+        df = self.to_frame().sort_values("rank")
+        lines = [self.title()]
+        lines.append(f"{'rank':>4}  {'channel':<14}{'importance':>11}  {'95% CI':>19}  {'normalized':>10}")
+        for _, row in df.iterrows():
+            ci = f"[{row.ci_low:+.4f}, {row.ci_high:+.4f}]" if np.isfinite(row.ci_low) else "n/a"
+            lines.append(f"{int(row['rank']):>4}  {row.channel:<14}{row.importance:>+11.4f}  {ci:>19}  {row.normalized:>10.3f}")
+        return "\n".join(lines)
+
+    def title(self) -> str:
+        i = self.info
+        parts = [str(i.get("method", "pxpermute"))]
+        if "perturbation" in i:
+            parts.append(f"perturbation={i['perturbation']}")
+        if "metric" in i:
+            parts.append(f"metric={i['metric']}")
+        parts.append(f"k={self.n_repeats}")
+        if i.get("random_state") is not None:
+            parts.append(f"seed={i['random_state']}")
+        for key in ("data", "model"):
+            if i.get(key):
+                parts.append(f"{key}={i[key]}")
+        if "n_samples" in i:
+            parts.append(f"n={i['n_samples']}")
+        return ", ".join(parts)
+
+    def plot(self, ax=None, *, normalized: bool = True, **kwargs):
+        """Bar plot of importances with 95 % CIs (see :func:`pxpermute.plotting.plot_importance`)."""
+        from .plotting import plot_importance
+
+        return plot_importance(self, ax=ax, normalized=normalized, **kwargs)
+
+    def __repr__(self) -> str:
+        top = ", ".join(f"{c}={v:.3g}" for c, v in zip(self.ranked_channels, self.importance[self.ranking]))
+        return f"ImportanceResult({self.title()}; {top})"
+
+    # -- files -------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write ``<path>.json`` (metadata, summary table) and ``<path>.npz`` (arrays).
+
+        Both files are written to temporary names first and renamed, so an
+        interrupted save never leaves a half-written result behind; the JSON
+        records the SHA-256 of the NPZ so :meth:`load` detects corruption.
+        Returns the JSON path.
+        """
+        stem = Path(path)
+        if stem.suffix in (".json", ".npz"):
+            stem = stem.with_suffix("")
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        arrays = {"importances": self.importances, "present_classes": self.present_classes}
+        for name in ("drops", "baseline_scores", "confusion", "baseline_confusion"):
+            val = getattr(self, name)
+            if val is not None:
+                arrays[name] = val
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **arrays)
+        blob = buf.getvalue()
+        meta = {
+            "format": "pxpermute-result",
+            "format_version": FORMAT_VERSION,
+            "channel_names": self.channel_names,
+            "class_names": self.class_names,
+            "groups": self.groups,
+            "info": _jsonable(self.info),
+            "npz_sha256": hashlib.sha256(blob).hexdigest(),
+            "summary": _jsonable(self.to_frame().to_dict(orient="records")),
+        }
+        npz_path, json_path = stem.with_suffix(".npz"), stem.with_suffix(".json")
+        _atomic_write(npz_path, blob)
+        _atomic_write(json_path, json.dumps(meta, indent=2, allow_nan=True).encode())
+        return json_path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "ImportanceResult":
+        """Read a result written by :meth:`save`; raises :class:`ResultFileError` if damaged."""
+        stem = Path(path)
+        if stem.suffix in (".json", ".npz"):
+            stem = stem.with_suffix("")
+        json_path, npz_path = stem.with_suffix(".json"), stem.with_suffix(".npz")
+        for p in (json_path, npz_path):
+            if not p.exists():
+                raise ResultFileError(f"result file {p} is missing (a result is a .json + .npz pair)")
+        try:
+            meta = json.loads(json_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ResultFileError(f"{json_path} is not valid JSON (truncated or corrupted?): {err}") from err
+        if meta.get("format") != "pxpermute-result":
+            raise ResultFileError(f"{json_path} is not a pxpermute result file")
+        blob = npz_path.read_bytes()
+        if hashlib.sha256(blob).hexdigest() != meta.get("npz_sha256"):
+            raise ResultFileError(f"{npz_path} does not match the checksum recorded in {json_path}: corrupted or truncated")
+        with np.load(io.BytesIO(blob)) as z:
+            arrays = {k: z[k] for k in z.files}
+        return cls(
+            arrays["importances"],
+            channel_names=meta["channel_names"],
+            class_names=meta["class_names"],
+            drops=arrays.get("drops"),
+            baseline_scores=arrays.get("baseline_scores"),
+            confusion=arrays.get("confusion"),
+            baseline_confusion=arrays.get("baseline_confusion"),
+            present=arrays.get("present_classes"),
+            groups=meta.get("groups"),
+            info=meta.get("info"),
+        )
+
+
+def _minmax(values: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    lo, hi = np.nanmin(ref), np.nanmax(ref)
+    if not np.isfinite(hi - lo) or hi - lo <= 0:
+        return np.zeros_like(np.asarray(values, dtype=float))
+    return (np.asarray(values, dtype=float) - lo) / (hi - lo)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    return str(obj)
