@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-__all__ = ["plot_importance", "plot_per_class"]
+__all__ = ["plot_importance", "plot_per_class", "plot_montage"]
 
 
 def _norm_ci(res, normalized: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -108,5 +108,126 @@ def plot_per_class(result, ax=None, *, title: str | None = None, cmap: str = "ro
     ax.set_xlabel("class")
     ax.set_ylabel("channel")
     ax.set_title(title or result.title(), fontsize="small", wrap=True)
+    fig.tight_layout()
+    return fig
+
+
+def plot_montage(
+    dataset,
+    *,
+    n_per_class: int = 3,
+    channels: Sequence[int | str] | None = None,
+    classes: Sequence[int | str] | None = None,
+    random_state: int | None = 0,
+    percentiles: tuple[float, float] = (1.0, 99.0),
+    cmap: str = "gray",
+    panel_size: float = 1.1,
+    title: str | None = None,
+):
+    """Example cells per class (rows) x channel (columns), Fig. 2 style.
+
+    Each channel gets its own contrast stretch: intensities between the
+    ``percentiles`` of that channel over all shown cells map to black..white, so
+    brightness is comparable across classes within a column.  Stain-free
+    channels are marked with ``(sf)`` in the column title.
+
+    Parameters
+    ----------
+    dataset : IFCDataset
+        Cells are read with ``dataset.get_batch`` (lazy data sets read only the
+        shown cells; the dataset's ``transform`` is applied).
+    n_per_class : int
+        Cells drawn per class (fewer if a class has fewer cells).
+    channels : sequence of int or str, optional
+        Channels to show, in this order (default: all).
+    classes : sequence of int or str, optional
+        Classes to show (default: all classes that have cells).
+    random_state : int or None
+        Seed for choosing the cells.
+    percentiles : (float, float)
+        Lower/upper percentile of the per-channel contrast stretch.
+    cmap : str
+        Matplotlib colormap.
+    panel_size : float
+        Inches per image panel.
+    title : str, optional
+        Figure title (default names the data set).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from pxpermute.datasets import IFCDataset
+    >>> ds = IFCDataset(np.random.rand(6, 2, 16, 16), [0, 1, 0, 1, 0, 1], channel_names=["BF", "DNA"])
+    >>> fig = plot_montage(ds, n_per_class=2)
+    >>> len(fig.axes)
+    8
+    """
+    from .datasets.base import resolve_channels
+
+    if not (hasattr(dataset, "get_batch") and hasattr(dataset, "labels") and hasattr(dataset, "channel_names")):
+        raise TypeError(f"plot_montage needs an IFCDataset, got {type(dataset).__name__}")
+    if isinstance(n_per_class, bool) or not isinstance(n_per_class, (int, np.integer)) or n_per_class < 1:
+        raise ValueError(f"n_per_class must be a positive integer, got {n_per_class!r}")
+    lo_p, hi_p = (float(p) for p in percentiles)
+    if not 0.0 <= lo_p < hi_p <= 100.0:
+        raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got {percentiles}")
+    ch = list(range(dataset.n_channels)) if channels is None else resolve_channels(channels, dataset.channel_names)
+    labels = np.asarray(dataset.labels)
+    if classes is None:
+        cls = [k for k in range(dataset.n_classes) if np.any(labels == k)]
+    else:
+        cls = []
+        for c in classes:
+            if isinstance(c, str):
+                if c not in dataset.class_names:
+                    raise ValueError(f"unknown class {c!r}; known classes: {dataset.class_names}")
+                cls.append(dataset.class_names.index(c))
+            elif isinstance(c, (int, np.integer)) and 0 <= int(c) < dataset.n_classes:
+                cls.append(int(c))
+            else:
+                raise ValueError(f"class {c!r} is neither a class name nor an index in [0, {dataset.n_classes})")
+    if not cls:
+        raise ValueError("the dataset has no cells to show")
+    rng = np.random.default_rng(random_state)
+    picks: list[tuple[int, int | None]] = []  # (class, cell index or None for an empty slot)
+    for k in cls:
+        members = np.flatnonzero(labels == k)
+        chosen = np.sort(rng.choice(members, size=min(n_per_class, members.size), replace=False)) if members.size else []
+        picks += [(k, int(i)) for i in chosen] + [(k, None)] * (n_per_class - len(chosen))
+    idx = [i for _, i in picks if i is not None]
+    images = dataset.get_batch(idx)[0][:, ch] if idx else np.zeros((0, len(ch), 1, 1), np.float32)
+    lims = []
+    for j in range(len(ch)):
+        vals = images[:, j][np.isfinite(images[:, j])]
+        lo, hi = (np.percentile(vals, [lo_p, hi_p]) if vals.size else (0.0, 1.0))
+        lims.append((float(lo), float(hi) if hi > lo else float(lo) + 1.0))
+    n_rows, n_cols = len(picks), len(ch)
+    fig, axes = plt.subplots(
+        n_rows, n_cols, figsize=(panel_size * n_cols + 1.6, panel_size * n_rows + 0.8), squeeze=False
+    )
+    pos = 0
+    for r, (k, i) in enumerate(picks):
+        for j in range(n_cols):
+            ax = axes[r, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            if i is not None:
+                ax.imshow(np.clip((images[pos, j] - lims[j][0]) / (lims[j][1] - lims[j][0]), 0, 1), cmap=cmap,
+                          vmin=0, vmax=1, interpolation="nearest")
+            if r == 0:
+                name = dataset.channel_names[ch[j]]
+                ax.set_title(name + (" (sf)" if dataset.stain_free[ch[j]] else ""), fontsize=9)
+            if j == 0 and (r == 0 or picks[r - 1][0] != k):
+                ax.set_ylabel(dataset.class_names[k], rotation=0, ha="right", va="center", fontsize=8)
+        if i is not None:
+            pos += 1
+    name = getattr(dataset, "name", None) or "dataset"
+    fig.suptitle(title or f"{name}: {n_per_class} example cell(s) per class x channel", fontsize=10)
     fig.tight_layout()
     return fig
