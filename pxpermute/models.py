@@ -1,0 +1,499 @@
+"""Classifiers for multichannel IFC images and the percentile normalization layer.
+
+* :func:`resnet18` -- torchvision's ResNet18 with the first convolution replaced
+  for ``C`` input channels and the head for ``K`` classes, the architecture of the
+  PXPermute paper (Shetab Boushehri et al., Cell Reports Methods 2024).
+* :class:`SmallCNN` -- a small, fast network for tutorials and tests.
+* :func:`build_model` -- build either by name.
+* :class:`PercentileNormalization` / :func:`fit_percentile_normalization` --
+  per-channel 1st/99th-percentile min-max scaling as a ``torch`` layer, so a
+  trained network can take raw images.
+* :func:`to_captum_compatible` -- a functionally identical copy of a network whose
+  ReLUs are non-inplace and never reused, which captum's DeepLift needs.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = [
+    "resnet18",
+    "SmallCNN",
+    "build_model",
+    "MODEL_NAMES",
+    "PercentileNormalization",
+    "fit_percentile_normalization",
+    "to_captum_compatible",
+    "last_conv_layer",
+]
+
+
+def _check_sizes(n_channels: Any, n_classes: Any) -> tuple[int, int]:
+    for name, value, minimum in (("n_channels", n_channels, 1), ("n_classes", n_classes, 2)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+        if value < minimum:
+            raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(n_channels), int(n_classes)
+
+
+# ---------------------------------------------------------------------------
+# ResNet18
+# ---------------------------------------------------------------------------
+class _CaptumBasicBlock(nn.Module):
+    """torchvision's ``BasicBlock`` with one non-inplace ReLU module per use.
+
+    Same submodule names (``conv1, bn1, conv2, bn2, downsample``) and therefore the
+    same ``state_dict`` as the stock block; ``relu`` is the first ReLU, ``relu2``
+    the one after the residual addition.  The addition is out of place as well.
+    """
+
+    expansion = 1
+
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        self.conv1 = block.conv1
+        self.bn1 = block.bn1
+        self.relu = nn.ReLU(inplace=False)
+        self.conv2 = block.conv2
+        self.bn2 = block.bn2
+        self.downsample = block.downsample
+        self.stride = getattr(block, "stride", 1)
+        self.relu2 = nn.ReLU(inplace=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu2(out + identity)
+
+
+def to_captum_compatible(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` that captum's DeepLift can attribute.
+
+    Every torchvision ``BasicBlock`` is replaced by a block with a separate,
+    non-inplace ReLU for each use and an out-of-place residual addition; every
+    other ``nn.ReLU`` becomes non-inplace.  Parameters and buffers (and thus the
+    ``state_dict`` keys and the outputs) are unchanged.  The input model is not
+    modified.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Any network, e.g. ``resnet18(...)`` or a trained ``net.module_``.
+
+    Returns
+    -------
+    nn.Module
+        The converted copy (same training/eval mode as ``model``).
+
+    Examples
+    --------
+    >>> m = resnet18(3, 2)
+    >>> m2 = to_captum_compatible(m)
+    >>> all(not r.inplace for r in m2.modules() if isinstance(r, nn.ReLU))
+    True
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch nn.Module, got {type(model).__name__}")
+    from torchvision.models.resnet import BasicBlock
+
+    new = copy.deepcopy(model)
+
+    def convert(parent: nn.Module) -> None:
+        for name, child in list(parent.named_children()):
+            if isinstance(child, BasicBlock):
+                replacement = _CaptumBasicBlock(child)
+                replacement.train(child.training)
+                setattr(parent, name, replacement)
+            elif isinstance(child, nn.ReLU):
+                child.inplace = False
+            else:
+                convert(child)
+
+    convert(new)
+    return new
+
+
+def _load_imagenet_resnet18_state() -> dict[str, torch.Tensor]:
+    """torchvision's ImageNet ResNet18 weights, with a clear error when offline."""
+    from torchvision.models import ResNet18_Weights
+
+    weights = ResNet18_Weights.IMAGENET1K_V1
+    try:
+        # looked up through the module so that a monkeypatched torch.hub is honoured
+        return torch.hub.load_state_dict_from_url(weights.url, progress=False, check_hash=True)
+    except Exception as exc:  # URLError, HTTPError, hash mismatch, disk errors ...
+        cache = torch.hub.get_dir()
+        raise RuntimeError(
+            "Could not download torchvision's ImageNet weights for ResNet18 "
+            f"(pretrained=True) from {weights.url}: {type(exc).__name__}: {exc}. "
+            f"torch caches them in {cache}/checkpoints (set TORCH_HOME to move that folder); "
+            "copy the file there on a machine without internet access, "
+            "or use pretrained=False, which needs no download and works offline."
+        ) from exc
+
+
+def resnet18(
+    n_channels: int,
+    n_classes: int,
+    *,
+    pretrained: bool = False,
+    captum_compatible: bool = False,
+) -> nn.Module:
+    """torchvision ResNet18 for ``n_channels``-channel images and ``n_classes`` classes.
+
+    The first convolution (7x7, stride 2, 64 filters) takes ``n_channels`` inputs
+    and the final fully connected layer has ``n_classes`` outputs; everything else
+    is torchvision's ResNet18, as in the PXPermute paper.  The network returns
+    logits.
+
+    Parameters
+    ----------
+    n_channels, n_classes : int
+        Input channels ``C`` and number of classes ``K`` (>= 2).
+    pretrained : bool, default False
+        Start from torchvision's ImageNet weights (``IMAGENET1K_V1``).  The first
+        convolution has RGB filters; they are adapted by averaging each filter over
+        its three input channels and repeating that mean for all ``C`` channels (a
+        common adaptation; no scaling).  The head is freshly initialised.  The
+        weights are downloaded by torch into ``$TORCH_HOME/hub/checkpoints``;
+        offline (and not cached) this raises a :class:`RuntimeError` saying so.
+    captum_compatible : bool, default False
+        Return the functionally identical network of :func:`to_captum_compatible`
+        (non-inplace ReLUs, one ReLU module per use), which captum's DeepLift needs.
+        Its ``state_dict`` is interchangeable with the stock one.
+
+    Returns
+    -------
+    torch.nn.Module
+        Maps ``(B, C, H, W)`` float tensors to ``(B, K)`` logits.
+
+    Examples
+    --------
+    >>> import torch
+    >>> m = resnet18(6, 3).eval()
+    >>> m(torch.zeros(2, 6, 32, 32)).shape
+    torch.Size([2, 3])
+    """
+    n_channels, n_classes = _check_sizes(n_channels, n_classes)
+    from torchvision.models import resnet18 as tv_resnet18
+
+    model = tv_resnet18(weights=None)
+    if pretrained:
+        state = _load_imagenet_resnet18_state()
+        model.load_state_dict(state)
+        rgb = model.conv1.weight.detach()  # (64, 3, 7, 7)
+    model.conv1 = nn.Conv2d(n_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    if pretrained:
+        with torch.no_grad():
+            model.conv1.weight.copy_(rgb.mean(dim=1, keepdim=True).repeat(1, n_channels, 1, 1))
+    model.fc = nn.Linear(model.fc.in_features, n_classes)
+    if captum_compatible:
+        model = to_captum_compatible(model)
+    return model
+
+
+# ---------------------------------------------------------------------------
+# Small CNN
+# ---------------------------------------------------------------------------
+def _conv_bn_relu(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, kernel_size=3, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=False),
+    )
+
+
+class SmallCNN(nn.Module):
+    """A small, fast CNN for tutorials and tests.
+
+    Four conv(3x3)-batchnorm-ReLU blocks (``width``, ``width``, ``2 width``,
+    ``2 width`` filters) with 2x2 max pooling after the second and third, global
+    average pooling and a linear head returning logits.  Every ReLU is a separate,
+    non-inplace module, so all captum attribution methods (DeepLift included) run
+    on it.  Works for any image size >= 4x4.
+
+    Parameters
+    ----------
+    n_channels, n_classes : int
+        Input channels ``C`` and number of classes ``K`` (>= 2).
+    width : int, default 32
+        Filters of the first block.
+
+    Attributes
+    ----------
+    features : nn.Sequential
+        The convolutional trunk (``features[-1]`` is the last conv block; use
+        :func:`last_conv_layer` for GradCAM-style methods).
+    classifier : nn.Linear
+        The head.
+
+    Examples
+    --------
+    >>> import torch
+    >>> net = SmallCNN(2, 3, width=8).eval()
+    >>> net(torch.zeros(4, 2, 32, 32)).shape
+    torch.Size([4, 3])
+    """
+
+    def __init__(self, n_channels: int, n_classes: int, width: int = 32) -> None:
+        super().__init__()
+        n_channels, n_classes = _check_sizes(n_channels, n_classes)
+        if isinstance(width, bool) or not isinstance(width, (int, np.integer)) or width < 1:
+            raise ValueError(f"width must be a positive int, got {width!r}")
+        w = int(width)
+        self.n_channels = n_channels
+        self.n_classes = n_classes
+        self.features = nn.Sequential(
+            _conv_bn_relu(n_channels, w),
+            _conv_bn_relu(w, w),
+            nn.MaxPool2d(2),
+            _conv_bn_relu(w, 2 * w),
+            nn.MaxPool2d(2),
+            _conv_bn_relu(2 * w, 2 * w),
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.classifier = nn.Linear(2 * w, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.flatten(self.pool(self.features(x))))
+
+
+def last_conv_layer(model: nn.Module) -> nn.Conv2d:
+    """The last ``nn.Conv2d`` registered in ``model`` (e.g. for GuidedGradCam).
+
+    Examples
+    --------
+    >>> last_conv_layer(SmallCNN(2, 2, width=4)).out_channels
+    8
+    """
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise ValueError(f"{type(model).__name__} contains no nn.Conv2d layer")
+    return convs[-1]
+
+
+MODEL_NAMES: tuple[str, ...] = ("resnet18", "small_cnn")
+_BUILDERS: dict[str, Callable[..., nn.Module]] = {"resnet18": resnet18, "small_cnn": SmallCNN}
+
+
+def build_model(name: str, n_channels: int, n_classes: int, **kwargs: Any) -> nn.Module:
+    """Build a network by name.
+
+    Parameters
+    ----------
+    name : {"resnet18", "small_cnn"}
+        Architecture.
+    n_channels, n_classes : int
+        Input channels and classes.
+    **kwargs
+        Passed on: ``pretrained``/``captum_compatible`` for ``"resnet18"``,
+        ``width`` for ``"small_cnn"``.
+
+    Examples
+    --------
+    >>> build_model("small_cnn", 4, 2, width=8).classifier.out_features
+    2
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"model name must be a str, one of {list(MODEL_NAMES)}; got {type(name).__name__}")
+    key = name.lower().replace("-", "_")
+    if key not in _BUILDERS:
+        raise ValueError(f"unknown model {name!r}; choose one of {list(MODEL_NAMES)}")
+    try:
+        return _BUILDERS[key](n_channels, n_classes, **kwargs)
+    except TypeError as exc:
+        if "unexpected keyword" in str(exc):
+            raise TypeError(f"invalid option for model {key!r}: {exc}") from exc
+        raise
+
+
+# ---------------------------------------------------------------------------
+# Percentile normalization
+# ---------------------------------------------------------------------------
+class PercentileNormalization(nn.Module):
+    """Per-channel min-max scaling between fitted low/high percentiles.
+
+    ``y = (x - low[c]) / (high[c] - low[c])``, then clipped to ``[0, 1]`` (when
+    ``clip=True``, the default): values below the low percentile become 0, values
+    above the high percentile become 1, so outliers (saturated pixels, debris)
+    cannot dominate.  A constant channel (``high == low``, e.g. an unused, empty
+    stain) is divided by 1 instead of 0, i.e. it is only shifted by ``low`` (and
+    clipped): it maps to 0 on data like the training data and never produces
+    inf/NaN.
+
+    ``low`` and ``high`` are buffers, so they travel with ``state_dict`` and
+    ``.to(device)``.  Use :func:`fit_percentile_normalization` to fit them.  Calling
+    the module on a numpy array returns a numpy array, so a fitted module can also
+    serve as an :class:`~pxpermute.IFCDataset` ``transform``.
+
+    Parameters
+    ----------
+    low, high : array-like, shape (C,)
+        Per-channel lower and upper reference values.
+    clip : bool, default True
+        Clip the output to ``[0, 1]``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> norm = PercentileNormalization([0.0, 10.0], [2.0, 10.0])
+    >>> norm(torch.tensor([[[[1.0]], [[12.0]]]])).flatten().tolist()
+    [0.5, 1.0]
+    """
+
+    low: torch.Tensor
+    high: torch.Tensor
+
+    def __init__(self, low: Any, high: Any, *, clip: bool = True) -> None:
+        super().__init__()
+        low_t = torch.as_tensor(np.asarray(low, dtype=np.float32)).reshape(-1)
+        high_t = torch.as_tensor(np.asarray(high, dtype=np.float32)).reshape(-1)
+        if low_t.shape != high_t.shape or low_t.numel() == 0:
+            raise ValueError(
+                f"low and high need one value per channel and the same length; "
+                f"got {tuple(low_t.shape)} and {tuple(high_t.shape)}"
+            )
+        if not (torch.isfinite(low_t).all() and torch.isfinite(high_t).all()):
+            raise ValueError("low and high must be finite")
+        if (high_t < low_t).any():
+            bad = torch.nonzero(high_t < low_t).flatten().tolist()
+            raise ValueError(f"high must be >= low for every channel; violated for channels {bad}")
+        self.register_buffer("low", low_t)
+        self.register_buffer("high", high_t)
+        self.clip = bool(clip)
+
+    @property
+    def n_channels(self) -> int:
+        return int(self.low.numel())
+
+    def forward(self, x: Any) -> Any:
+        as_numpy = isinstance(x, np.ndarray)
+        t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)) if as_numpy else x
+        if t.ndim < 3 or t.shape[-3] != self.n_channels:
+            raise ValueError(
+                f"PercentileNormalization was fitted for {self.n_channels} channels and expects "
+                f"(..., {self.n_channels}, H, W) input; got shape {tuple(t.shape)}"
+            )
+        shape = (-1, 1, 1)
+        low = self.low.to(t.device).view(shape)
+        span = self.high.to(t.device) - self.low.to(t.device)
+        span = torch.where(span > 0, span, torch.ones_like(span)).view(shape)
+        out = (t - low) / span
+        if self.clip:
+            out = out.clamp(0.0, 1.0)
+        return out.numpy() if as_numpy else out
+
+    def extra_repr(self) -> str:
+        return f"n_channels={self.n_channels}, clip={self.clip}"
+
+
+def _sample_images(data: Any, indices: np.ndarray, chunk: int = 256):
+    """Yield float32 blocks of ``data`` at sorted ``indices``."""
+    from .datasets.base import IFCDataset
+
+    for start in range(0, len(indices), chunk):
+        idx = indices[start : start + chunk]
+        if isinstance(data, IFCDataset):
+            block, _ = data.get_batch(idx)
+        elif isinstance(data, torch.Tensor):
+            block = data[torch.as_tensor(idx)].detach().cpu().numpy()
+        else:
+            block = np.asarray(data[idx])
+        yield np.asarray(block, dtype=np.float32)
+
+
+def fit_percentile_normalization(
+    images_or_dataset: Any,
+    *,
+    q: Sequence[float] = (1, 99),
+    max_samples: int | None = 1000,
+    max_pixels: int = 2_000_000,
+    indices: Any = None,
+    clip: bool = True,
+    random_state: int | None = 42,
+) -> PercentileNormalization:
+    """Fit a :class:`PercentileNormalization` on (a sample of) training images.
+
+    The per-channel ``q[0]``/``q[1]`` percentiles are computed over all pixels of
+    up to ``max_samples`` images drawn without replacement (all images if fewer).
+    For large images at most ``max_pixels`` pixel values per channel are used,
+    taken at random positions spread evenly over the sampled images.  Lazy
+    (HDF5-backed) data sets are read in sorted blocks; nothing else is loaded.
+
+    Parameters
+    ----------
+    images_or_dataset : IFCDataset, numpy array or tensor of shape (N, C, H, W)
+        Training images (the dataset's own ``transform`` is applied).
+    q : (float, float), default (1, 99)
+        Lower and upper percentiles in ``[0, 100]``.
+    max_samples : int or None, default 1000
+        Images to sample; ``None`` uses all.
+    max_pixels : int, default 2_000_000
+        Budget of pixel values per channel.
+    indices : array-like of int, optional
+        Restrict fitting to these images (e.g. the training part of a split).
+    clip : bool, default True
+        Passed to :class:`PercentileNormalization`.
+    random_state : int or None, default 42
+        Seed of the image/pixel sampling.
+
+    Returns
+    -------
+    PercentileNormalization
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x = np.random.default_rng(0).random((50, 3, 8, 8)).astype("float32")
+    >>> norm = fit_percentile_normalization(x)
+    >>> norm.low.shape
+    torch.Size([3])
+    """
+    from .datasets.base import IFCDataset
+
+    data = images_or_dataset
+    if not isinstance(data, (IFCDataset, torch.Tensor)):
+        if not hasattr(data, "shape") or not hasattr(data, "__getitem__"):
+            data = np.asarray(data)
+    shape = tuple(getattr(data, "shape", ())) if not isinstance(data, IFCDataset) else (len(data), *data.image_shape)
+    if len(shape) != 4:
+        raise ValueError(f"images must have shape (N, C, H, W); got shape {shape}")
+    n, c, h, w = (int(s) for s in shape)
+    try:
+        lo_q, hi_q = (float(v) for v in q)
+    except (TypeError, ValueError):
+        raise ValueError(f"q must be a pair of percentiles like (1, 99); got {q!r}") from None
+    if not 0 <= lo_q <= hi_q <= 100:
+        raise ValueError(f"q must satisfy 0 <= q[0] <= q[1] <= 100; got {q!r}")
+    pool = np.arange(n) if indices is None else np.unique(np.asarray(indices, dtype=np.int64).reshape(-1))
+    if pool.size and (pool.min() < 0 or pool.max() >= n):
+        raise ValueError(f"indices must lie in [0, {n}); got range [{pool.min()}, {pool.max()}]")
+    if pool.size == 0:
+        raise ValueError("cannot fit a normalization on zero images")
+    rng = np.random.default_rng(random_state)
+    if max_samples is not None:
+        if int(max_samples) < 1:
+            raise ValueError(f"max_samples must be >= 1 or None, got {max_samples}")
+        if pool.size > max_samples:
+            pool = np.sort(rng.choice(pool, size=int(max_samples), replace=False))
+    per_image = h * w if pool.size * h * w <= max_pixels else max(1, int(max_pixels) // pool.size)
+
+    parts = []
+    for block in _sample_images(data, pool):
+        if not np.isfinite(block).all():
+            raise ValueError("images contain NaN or inf values; clean them before fitting a normalization")
+        flat = block.reshape(block.shape[0], c, h * w)
+        if per_image < h * w:
+            pos = np.argsort(rng.random((block.shape[0], h * w)), axis=1)[:, :per_image]
+            flat = np.take_along_axis(flat, pos[:, None, :], axis=2)
+        parts.append(np.ascontiguousarray(flat.transpose(1, 0, 2)).reshape(c, -1))
+    values = np.concatenate(parts, axis=1)
+    low, high = np.percentile(values, [lo_q, hi_q], axis=1)
+    return PercentileNormalization(low, high, clip=clip)
