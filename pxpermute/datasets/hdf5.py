@@ -362,8 +362,8 @@ class LazyHDF5Array:
             block = _read_rows(lambda a, b: ds[a:b], rows)
         out = self._finish(np.asarray(block))
         if squeeze:
-            out = out[0]
-        return out[rest] if rest else out
+            return out[0][rest] if rest else out[0]
+        return out[(slice(None),) + rest] if rest else out
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         out = self[:]
@@ -475,8 +475,8 @@ class HDF5CellFiles:
             img = self._read_one(self.files[int(i)], check_channels=self.n_channels)
             out[j] = pad_or_crop(img, self.size, mode=self.pad_mode, value=self.pad_value)
         if squeeze:
-            out = out[0]
-        return out[rest] if rest else out
+            return out[0][rest] if rest else out[0]
+        return out[(slice(None),) + rest] if rest else out
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         out = self[:]
