@@ -439,17 +439,19 @@ def channel_importance(
     ctx = PerturbContext(seed, src.n, fetch=fetch, fill_value=fill_value, shared_group_permutation=shared_group_permutation)
 
     cm_base = torch.zeros(K * K, dtype=torch.int64, device=dev)
-    cm = torch.zeros(R, U, K * K, dtype=torch.int64, device=dev)
+    # one confusion matrix per work item (unit u, repeat r), item id = u * R + r
+    cm = torch.zeros(U * R, K * K, dtype=torch.int64, device=dev)
     indices = np.arange(src.n)
     block = min(batch_size, src.n)
-    reps_per_pass = max(1, batch_size // block)
+    items_per_pass = max(1, batch_size // block)  # small blocks: stack several (unit, repeat) items per pass
     n_blocks = math.ceil(src.n / block)
-    n_chunks = math.ceil(R / reps_per_pass)
+    n_items = U * R
     n_forward = 0
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=n_blocks * (1 + U * n_chunks), disable=not progress, desc=f"{perturbation} k={R}", unit="pass")
+    bar = tqdm(total=n_blocks * (1 + math.ceil(n_items / items_per_pass)), disable=not progress,
+               desc=f"{perturbation} k={R}", unit="pass")
     try:
         for idx, x_np, y_np in src.blocks(indices, block):
             x = torch.from_numpy(np.ascontiguousarray(x_np)).to(dev)
@@ -460,6 +462,7 @@ def channel_importance(
             if src.labels is None and y.numel() and (int(y.min()) < 0 or int(y.max()) >= K):
                 raise ValueError(f"labels must lie in [0, {K}) for {K} classes; found {int(y.min())}..{int(y.max())}")
             idx_t = torch.from_numpy(idx).to(dev)
+            B = len(idx)
             try:
                 p0 = pred_fn(x, K)
             except ValueError:
@@ -467,24 +470,28 @@ def channel_importance(
             except Exception as err:
                 raise ValueError(f"the model failed on a batch of shape {tuple(x.shape)}: {type(err).__name__}: {err}") from err
             cm_base += torch.bincount(y * K + p0, minlength=K * K)
-            n_forward += len(idx)
+            n_forward += B
             bar.update(1)
-            yk = (y * K).repeat(reps_per_pass)
-            for u, chans in enumerate(units):
-                for r0 in range(0, R, reps_per_pass):
-                    reps = torch.arange(r0, min(R, r0 + reps_per_pass), device=dev)
-                    S = len(reps)
-                    xp = perturb(x, idx_t, chans, u, reps, ctx)
-                    pred = pred_fn(xp, K)
-                    flat = (torch.arange(S, device=dev).repeat_interleave(len(idx)) * (K * K)) + yk[: S * len(idx)] + pred
-                    cm[r0 : r0 + S, u] += torch.bincount(flat, minlength=S * K * K).view(S, K * K)
-                    n_forward += S * len(idx)
-                    bar.update(1)
+            yk = (y * K).repeat(items_per_pass)
+            for a in range(0, n_items, items_per_pass):
+                b = min(n_items, a + items_per_pass)
+                parts = []
+                for u in range(a // R, (b - 1) // R + 1):  # the units this chunk of items touches
+                    r0, r1 = max(a, u * R) - u * R, min(b, (u + 1) * R) - u * R
+                    reps = torch.arange(r0, r1, device=dev)
+                    parts.append(perturb(x, idx_t, units[u], u, reps, ctx))
+                xp = parts[0] if len(parts) == 1 else torch.cat(parts)
+                pred = pred_fn(xp, K)
+                n_it = b - a
+                flat = torch.arange(n_it, device=dev).repeat_interleave(B) * (K * K) + yk[: n_it * B] + pred
+                cm[a:b] += torch.bincount(flat, minlength=n_it * K * K).view(n_it, K * K)
+                n_forward += n_it * B
+                bar.update(1)
     finally:
         bar.close()
 
     base_np = cm_base.view(K, K).cpu().numpy()
-    cm_np = cm.view(R, U, K, K).cpu().numpy()
+    cm_np = cm.view(U, R, K, K).transpose(0, 1).contiguous().cpu().numpy()
     info = {
         "method": "pxpermute" if perturbation == "pixel" else {"sample": "sample-permutation", "fill": "occlusion"}[perturbation],
         "perturbation": perturbation,

@@ -1,0 +1,96 @@
+"""Engine throughput vs the pure forward passes it needs (issue: foundation benchmark).
+
+For each (C, H, W, k) configuration, times
+  (a) channel_importance(model, N images, n_repeats=k)    -- perturbation + forward + confusion matrices
+  (b) the bare forward passes of the same model over the same number of images, N * (1 + C * k),
+      in batches of the same size, on a pre-made tensor (no data handling at all)
+in one process, interleaved (a, b, a, b ...), and prints JSON with the ratio a / b (best of `--rounds`).
+Run:  python benchmarks/engine_overhead.py [--device cuda] [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import numpy as np
+import torch
+import torchvision
+
+from pxpermute import channel_importance
+
+
+def resnet18(c: int, k: int) -> torch.nn.Module:
+    m = torchvision.models.resnet18(num_classes=k)
+    m.conv1 = torch.nn.Conv2d(c, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    return m
+
+
+def pure_forward(model, n_images: int, batch: int, shape, device) -> float:
+    x = torch.randn(batch, *shape, device=device)
+    done = 0
+    t = time.perf_counter()
+    with torch.inference_mode():
+        while done < n_images:
+            b = min(batch, n_images - done)
+            model(x[:b]).argmax(1)
+            done += b
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--batch-size", type=int, default=256)
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(2)
+    configs = [  # (C, H, W, k, N)
+        (2, 32, 32, 10, 256),
+        (6, 32, 32, 5, 256),
+        (12, 64, 64, 3, 64),
+        (8, 128, 128, 2, 32),
+    ]
+    if device.type == "cuda":
+        configs = [(c, h, w, k * 10, n * 8) for c, h, w, k, n in configs]
+    if args.quick:
+        configs = configs[:2]
+    out = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+           "cpu": platform.processor() or platform.machine(), "batch_size": args.batch_size, "results": []}
+    if device.type == "cuda":
+        out["gpu"] = torch.cuda.get_device_name(0)
+    for C, H, W, k, N in configs:
+        torch.manual_seed(0)
+        model = resnet18(C, 4).to(device).eval()
+        rng = np.random.default_rng(0)
+        X = rng.random((N, C, H, W), dtype=np.float32)
+        y = rng.integers(0, 4, N)
+        n_img = N * (1 + C * k)
+        channel_importance(model, (X[:8], y[:8]), n_repeats=1, progress=False, random_state=0)  # warm-up
+        pure_forward(model, args.batch_size, args.batch_size, (C, H, W), device)
+        t_eng, t_fwd = [], []
+        for _ in range(args.rounds):
+            t = time.perf_counter()
+            res = channel_importance(model, (X, y), n_repeats=k, batch_size=args.batch_size, progress=False,
+                                     random_state=0, device=device)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t_eng.append(time.perf_counter() - t)
+            t_fwd.append(pure_forward(model, n_img, args.batch_size, (C, H, W), device))
+            assert res.info["n_forward_images"] == n_img
+        te, tf = min(t_eng), min(t_fwd)
+        out["results"].append({"C": C, "H": H, "W": W, "k": k, "N": N, "forward_images": n_img,
+                               "engine_s": round(te, 4), "pure_forward_s": round(tf, 4),
+                               "ratio": round(te / tf, 4), "engine_img_per_s": round(n_img / te, 1)})
+        print(json.dumps(out["results"][-1]), flush=True)
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
