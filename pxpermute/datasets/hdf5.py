@@ -737,6 +737,16 @@ def load_hdf5_dataset(
         )
     if raw_labels.ndim != 1 or raw_labels.shape[0] != shape[0]:
         raise ValueError(f"{path}:{labels_key} must hold one label per image ({shape[0]}), got shape {raw_labels.shape}")
+    if (
+        class_names is not None
+        and file_classes is not None
+        and list(class_names) != list(file_classes)
+        and np.issubdtype(raw_labels.dtype, np.integer)
+    ):
+        # integer labels index the file's own class list: translate them by name
+        if raw_labels.size and (raw_labels.min() < 0 or raw_labels.max() >= len(file_classes)):
+            raise ValueError(f"{path}:{labels_key} holds labels outside the file's {len(file_classes)} class names")
+        raw_labels = np.array([file_classes[i] for i in raw_labels], dtype=object)
     labels, names = _encode_labels(raw_labels, class_names if class_names is not None else file_classes)
     images = LazyHDF5Array(path, images_key, channel_axis=channel_axis, size=size, pad_mode=pad_mode, pad_value=pad_value)
     prov = {"path": str(path)}
