@@ -25,7 +25,7 @@ from .perturb import DETERMINISTIC, PERTURBATIONS, PerturbContext, seed_words
 from .metrics import METRICS
 from .result import ImportanceResult
 
-__all__ = ["channel_importance", "ImportanceResult", "as_predictor", "as_source"]
+__all__ = ["channel_importance", "ImportanceResult", "as_predictor", "as_source", "accumulate", "Accumulated"]
 
 
 # -----------------------------------------------------------------------------
@@ -54,6 +54,16 @@ class _Source:
     def read(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         x, y = self.reader(idx)
         return np.asarray(x, dtype=np.float32), np.asarray(y)
+
+    def fetch(self, idx: np.ndarray, chans: Sequence[int]) -> torch.Tensor:
+        """Channels ``chans`` of samples ``idx`` (any order, repeats allowed) as a float32 tensor."""
+        idx = np.asarray(idx, dtype=np.int64)
+        order = np.argsort(idx, kind="stable")
+        uniq, inv = np.unique(idx[order], return_inverse=True)
+        xs, _ = self.read(uniq)
+        out = np.empty((len(idx), len(chans), *self.image_shape[1:]), np.float32)
+        out[order] = xs[:, list(chans)][inv]
+        return torch.from_numpy(out)
 
     def blocks(self, indices: np.ndarray, block: int):
         """Yield (idx, x, y) blocks in order, optionally prefetched by DataLoader workers."""
@@ -274,6 +284,101 @@ def _check_finite(x: torch.Tensor, idx: np.ndarray) -> None:
         )
 
 
+class _Plan:
+    """Everything the accumulation loop needs, fixed for one importance run."""
+
+    def __init__(self, *, src: _Source, predict: _Predictor, units: list[list[int]], perturb: Callable,
+                 ctx: PerturbContext, n_classes: int, batch_size: int, device: torch.device) -> None:
+        self.src, self.predict, self.units, self.perturb, self.ctx = src, predict, units, perturb, ctx
+        self.n_classes, self.batch_size, self.device = n_classes, batch_size, device
+
+    def block_size(self, n: int) -> int:
+        return max(1, min(self.batch_size, n))
+
+    def n_passes(self, n: int, n_repeats: int, with_baseline: bool = True) -> int:
+        """Forward passes ``accumulate`` makes for n samples and n_repeats repeats (progress-bar total)."""
+        block = self.block_size(n)
+        per_pass = max(1, self.batch_size // block)
+        n_blocks = math.ceil(n / block)
+        return n_blocks * (int(with_baseline) + math.ceil(len(self.units) * n_repeats / per_pass))
+
+
+class Accumulated:
+    """Confusion matrices from :func:`accumulate` (torch int64 tensors on the device).
+
+    ``baseline``: (K, K) or None; ``confusion``: (len(repeats), U, K, K); they add
+    up over disjoint sample sets (shards, resumed chunks) by plain summation.
+    """
+
+    def __init__(self, baseline: torch.Tensor | None, confusion: torch.Tensor, n_forward_images: int) -> None:
+        self.baseline, self.confusion, self.n_forward_images = baseline, confusion, n_forward_images
+
+
+def accumulate(plan: _Plan, indices: np.ndarray, repeats: range, *, with_baseline: bool = True, bar=None) -> Accumulated:
+    """Stream ``indices`` once and accumulate confusion matrices for ``repeats`` of every unit.
+
+    Each block of samples is read once and predicted unperturbed (if
+    ``with_baseline``); then the (unit, repeat) work items are perturbed and
+    predicted, as many items stacked into one forward pass as ``batch_size``
+    allows.  Repeat ids are global (``repeats`` may be ``range(40, 60)``), so
+    chunks of repeats computed separately add up to the same result.
+    """
+    src, K, dev, U = plan.src, plan.n_classes, plan.device, len(plan.units)
+    C, H, W = src.image_shape
+    reps = list(repeats)
+    R = len(reps)
+    rep_t = torch.tensor(reps, dtype=torch.int64, device=dev)
+    cm_base = torch.zeros(K * K, dtype=torch.int64, device=dev) if with_baseline else None
+    cm = torch.zeros(U * R, K * K, dtype=torch.int64, device=dev)  # item id = u * R + r (local r)
+    n_items = U * R
+    n_forward = 0
+    if len(indices) == 0:
+        return Accumulated(cm_base.view(K, K) if cm_base is not None else None, cm.view(U, R, K, K).transpose(0, 1), 0)
+    block = plan.block_size(len(indices))
+    items_per_pass = max(1, plan.batch_size // block)  # small blocks: stack several (unit, repeat) items per pass
+    for idx, x_np, y_np in src.blocks(np.asarray(indices, dtype=np.int64), block):
+        x = torch.from_numpy(np.ascontiguousarray(x_np)).to(dev)
+        if x.shape[1:] != (C, H, W):
+            raise ValueError(f"image shape changed within the data: {tuple(x.shape[1:])} vs {(C, H, W)}")
+        _check_finite(x, idx)
+        y = torch.as_tensor(np.asarray(y_np, dtype=np.int64), device=dev)
+        if src.labels is None and y.numel() and (int(y.min()) < 0 or int(y.max()) >= K):
+            raise ValueError(f"labels must lie in [0, {K}) for {K} classes; found {int(y.min())}..{int(y.max())}")
+        idx_t = torch.from_numpy(idx).to(dev)
+        B = len(idx)
+        if with_baseline:
+            try:
+                p0 = plan.predict(x, K)
+            except ValueError:
+                raise
+            except Exception as err:
+                raise ValueError(f"the model failed on a batch of shape {tuple(x.shape)}: {type(err).__name__}: {err}") from err
+            cm_base += torch.bincount(y * K + p0, minlength=K * K)
+            n_forward += B
+            if bar is not None:
+                bar.update(1)
+        yk = (y * K).repeat(items_per_pass)
+        for a in range(0, n_items, items_per_pass):
+            b = min(n_items, a + items_per_pass)
+            parts = []
+            for u in range(a // R, (b - 1) // R + 1):  # the units this chunk of items touches
+                r0, r1 = max(a, u * R) - u * R, min(b, (u + 1) * R) - u * R
+                parts.append(plan.perturb(x, idx_t, plan.units[u], u, rep_t[r0:r1], plan.ctx))
+            xp = parts[0] if len(parts) == 1 else torch.cat(parts)
+            pred = plan.predict(xp, K)
+            n_it = b - a
+            flat = torch.arange(n_it, device=dev).repeat_interleave(B) * (K * K) + yk[: n_it * B] + pred
+            cm[a:b] += torch.bincount(flat, minlength=n_it * K * K).view(n_it, K * K)
+            n_forward += n_it * B
+            if bar is not None:
+                bar.update(1)
+    return Accumulated(
+        cm_base.view(K, K) if cm_base is not None else None,
+        cm.view(U, R, K, K).transpose(0, 1).contiguous(),
+        n_forward,
+    )
+
+
 def channel_importance(
     model: Any,
     data: Any,
@@ -354,12 +459,14 @@ def channel_importance(
 
     Examples
     --------
-    >>> from pxpermute.datasets import make_synthetic
-    >>> ds = make_synthetic("default", n_samples=200)
-    >>> oracle = lambda x: torch.nn.functional.one_hot(torch.as_tensor(ds.labels[:len(x)]), ds.n_classes)
-    >>> res = channel_importance(lambda x: torch.zeros(len(x), ds.n_classes), ds, n_repeats=2, progress=False)
-    >>> res.importances.shape
-    (2, 6)
+    >>> import numpy as np, torch
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(100, 3, 8, 8)).astype("float32"); y = rng.integers(0, 2, 100)
+    >>> X[y == 1, 0, :4] += 2                     # class signal in the top half of channel 0
+    >>> model = lambda x: torch.stack([torch.zeros(len(x)), x[:, 0, :4].mean((1, 2)) - 1], 1)
+    >>> res = channel_importance(model, (X, y), n_repeats=5, random_state=0, progress=False)
+    >>> res.ranked_channels[0], res.importances.shape
+    ('ch0', (5, 3))
     """
     t0 = time.perf_counter()
     if isinstance(n_repeats, bool) or not isinstance(n_repeats, (int, np.integer)):
@@ -423,75 +530,27 @@ def channel_importance(
             raise ValueError(f"labels must lie in [0, {K}) for {K} classes; found range [{lab.min()}, {lab.max()}]")
 
     units, unit_names, group_map = _resolve_units(groups, ch_names)
-    U = len(units)
     R = 1 if perturbation in DETERMINISTIC else int(n_repeats)
     perturb = PERTURBATIONS[perturbation]
     seed = seed_words(random_state)
 
-    def fetch(idx: np.ndarray, chans: Sequence[int]) -> torch.Tensor:
-        order = np.argsort(idx, kind="stable")
-        uniq, inv = np.unique(idx[order], return_inverse=True)
-        xs, _ = src.read(uniq)
-        out = np.empty((len(idx), len(chans), H, W), np.float32)
-        out[order] = xs[:, list(chans)][inv]
-        return torch.from_numpy(out)
-
-    ctx = PerturbContext(seed, src.n, fetch=fetch, fill_value=fill_value, shared_group_permutation=shared_group_permutation)
-
-    cm_base = torch.zeros(K * K, dtype=torch.int64, device=dev)
-    # one confusion matrix per work item (unit u, repeat r), item id = u * R + r
-    cm = torch.zeros(U * R, K * K, dtype=torch.int64, device=dev)
+    ctx = PerturbContext(seed, src.n, fetch=src.fetch, fill_value=fill_value,
+                         shared_group_permutation=shared_group_permutation)
+    plan = _Plan(src=src, predict=pred_fn, units=units, perturb=perturb, ctx=ctx, n_classes=K,
+                 batch_size=int(batch_size), device=dev)
     indices = np.arange(src.n)
-    block = min(batch_size, src.n)
-    items_per_pass = max(1, batch_size // block)  # small blocks: stack several (unit, repeat) items per pass
-    n_blocks = math.ceil(src.n / block)
-    n_items = U * R
-    n_forward = 0
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=n_blocks * (1 + math.ceil(n_items / items_per_pass)), disable=not progress,
-               desc=f"{perturbation} k={R}", unit="pass")
+    bar = tqdm(total=plan.n_passes(len(indices), R), disable=not progress, desc=f"{perturbation} k={R}", unit="pass")
     try:
-        for idx, x_np, y_np in src.blocks(indices, block):
-            x = torch.from_numpy(np.ascontiguousarray(x_np)).to(dev)
-            if x.shape[1:] != (C, H, W):
-                raise ValueError(f"image shape changed within the data: {tuple(x.shape[1:])} vs {(C, H, W)}")
-            _check_finite(x, idx)
-            y = torch.as_tensor(np.asarray(y_np, dtype=np.int64), device=dev)
-            if src.labels is None and y.numel() and (int(y.min()) < 0 or int(y.max()) >= K):
-                raise ValueError(f"labels must lie in [0, {K}) for {K} classes; found {int(y.min())}..{int(y.max())}")
-            idx_t = torch.from_numpy(idx).to(dev)
-            B = len(idx)
-            try:
-                p0 = pred_fn(x, K)
-            except ValueError:
-                raise
-            except Exception as err:
-                raise ValueError(f"the model failed on a batch of shape {tuple(x.shape)}: {type(err).__name__}: {err}") from err
-            cm_base += torch.bincount(y * K + p0, minlength=K * K)
-            n_forward += B
-            bar.update(1)
-            yk = (y * K).repeat(items_per_pass)
-            for a in range(0, n_items, items_per_pass):
-                b = min(n_items, a + items_per_pass)
-                parts = []
-                for u in range(a // R, (b - 1) // R + 1):  # the units this chunk of items touches
-                    r0, r1 = max(a, u * R) - u * R, min(b, (u + 1) * R) - u * R
-                    reps = torch.arange(r0, r1, device=dev)
-                    parts.append(perturb(x, idx_t, units[u], u, reps, ctx))
-                xp = parts[0] if len(parts) == 1 else torch.cat(parts)
-                pred = pred_fn(xp, K)
-                n_it = b - a
-                flat = torch.arange(n_it, device=dev).repeat_interleave(B) * (K * K) + yk[: n_it * B] + pred
-                cm[a:b] += torch.bincount(flat, minlength=n_it * K * K).view(n_it, K * K)
-                n_forward += n_it * B
-                bar.update(1)
+        acc = accumulate(plan, indices, range(R), with_baseline=True, bar=bar)
     finally:
         bar.close()
+    cm_base, cm, n_forward = acc.baseline, acc.confusion, acc.n_forward_images
 
-    base_np = cm_base.view(K, K).cpu().numpy()
-    cm_np = cm.view(U, R, K, K).transpose(0, 1).contiguous().cpu().numpy()
+    base_np = cm_base.cpu().numpy()
+    cm_np = cm.cpu().numpy()
     info = {
         "method": "pxpermute" if perturbation == "pixel" else {"sample": "sample-permutation", "fill": "occlusion"}[perturbation],
         "perturbation": perturbation,
