@@ -1,7 +1,27 @@
 """Data sets: the dataset object, the synthetic IFC generator and published-data loaders."""
 from .base import GroundTruth, IFCDataset, resolve_channels
+from .cellcycle import load_cellcycle, load_cellcycle_sample
+from .reference import (
+    load_reference_best_channels,
+    load_reference_channel_importance,
+    load_reference_k_ablation,
+    load_reference_performance,
+    load_reference_remove_and_retrain,
+    load_reference_run_time,
+    load_reference_stain_free,
+)
 
 __all__ = ["IFCDataset", "GroundTruth", "resolve_channels"]
+__all__ += ["load_cellcycle", "load_cellcycle_sample"]
+__all__ += [
+    "load_reference_channel_importance",
+    "load_reference_performance",
+    "load_reference_best_channels",
+    "load_reference_remove_and_retrain",
+    "load_reference_stain_free",
+    "load_reference_k_ablation",
+    "load_reference_run_time",
+]
 from .hdf5 import HDF5CellFiles, LazyHDF5Array, load_hdf5_dataset, pad_or_crop, write_hdf5_dataset  # noqa: E402
 from .published import (  # noqa: E402
     DATASET_INFO,
