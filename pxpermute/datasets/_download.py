@@ -128,6 +128,8 @@ def _verify(path: Path, entry: RemoteFile) -> None:
             f"{path} is corrupted or truncated: SHA-256 {digest} (size {st.st_size} bytes), expected {entry.sha256}. "
             "Delete it and download again. " + _manual_hint(entry, path)
         )
+    if not path.parent.stat().st_mode & 0o222:  # folder marked read-only (root could still write): leave it alone
+        return
     try:
         marker.write_text(stamp)
     except OSError:  # read-only cache (e.g. a shared data folder): verify every time
