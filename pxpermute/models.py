@@ -201,10 +201,10 @@ def resnet18(
 # ---------------------------------------------------------------------------
 # Small CNN
 # ---------------------------------------------------------------------------
-def _conv_bn_relu(c_in: int, c_out: int) -> nn.Sequential:
+def _conv_bn_relu(c_in: int, c_out: int, bn_momentum: float | None) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(c_in, c_out, kernel_size=3, padding=1, bias=False),
-        nn.BatchNorm2d(c_out),
+        nn.BatchNorm2d(c_out, momentum=bn_momentum),
         nn.ReLU(inplace=False),
     )
 
@@ -212,11 +212,11 @@ def _conv_bn_relu(c_in: int, c_out: int) -> nn.Sequential:
 class SmallCNN(nn.Module):
     """A small, fast CNN for tutorials and tests.
 
-    Four conv(3x3)-batchnorm-ReLU blocks (``width``, ``width``, ``2 width``,
-    ``2 width`` filters) with 2x2 max pooling after the second and third, global
-    average pooling and a linear head returning logits.  Every ReLU is a separate,
-    non-inplace module, so all captum attribution methods (DeepLift included) run
-    on it.  Works for any image size >= 4x4.
+    Four conv(3x3)-batchnorm-ReLU blocks (``width``, ``2 width``, ``2 width``,
+    ``4 width`` filters) with 2x2 max pooling between them, global average pooling
+    and a linear head returning logits.  Every ReLU is a separate, non-inplace
+    module, so all captum attribution methods (DeepLift included) run on it.
+    Works for any image size >= 8x8.
 
     Parameters
     ----------
@@ -224,6 +224,13 @@ class SmallCNN(nn.Module):
         Input channels ``C`` and number of classes ``K`` (>= 2).
     width : int, default 32
         Filters of the first block.
+    bn_momentum : float or None, default None
+        Momentum of the batch-norm running statistics.  ``None`` (cumulative
+        average over all training batches) makes evaluation-mode predictions
+        usable after one or two epochs, which short tutorial runs need: with
+        torch's default 0.1 the running variance still carries its initial value
+        1 after a few dozen batches and the network predicts a single class in
+        evaluation mode.  Use 0.1 for long training runs.
 
     Attributes
     ----------
@@ -241,7 +248,7 @@ class SmallCNN(nn.Module):
     torch.Size([4, 3])
     """
 
-    def __init__(self, n_channels: int, n_classes: int, width: int = 32) -> None:
+    def __init__(self, n_channels: int, n_classes: int, width: int = 32, bn_momentum: float | None = None) -> None:
         super().__init__()
         n_channels, n_classes = _check_sizes(n_channels, n_classes)
         if isinstance(width, bool) or not isinstance(width, (int, np.integer)) or width < 1:
@@ -250,16 +257,17 @@ class SmallCNN(nn.Module):
         self.n_channels = n_channels
         self.n_classes = n_classes
         self.features = nn.Sequential(
-            _conv_bn_relu(n_channels, w),
-            _conv_bn_relu(w, w),
+            _conv_bn_relu(n_channels, w, bn_momentum),
             nn.MaxPool2d(2),
-            _conv_bn_relu(w, 2 * w),
+            _conv_bn_relu(w, 2 * w, bn_momentum),
             nn.MaxPool2d(2),
-            _conv_bn_relu(2 * w, 2 * w),
+            _conv_bn_relu(2 * w, 2 * w, bn_momentum),
+            nn.MaxPool2d(2),
+            _conv_bn_relu(2 * w, 4 * w, bn_momentum),
         )
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten()
-        self.classifier = nn.Linear(2 * w, n_classes)
+        self.classifier = nn.Linear(4 * w, n_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.flatten(self.pool(self.features(x))))
@@ -271,7 +279,7 @@ def last_conv_layer(model: nn.Module) -> nn.Conv2d:
     Examples
     --------
     >>> last_conv_layer(SmallCNN(2, 2, width=4)).out_channels
-    8
+    16
     """
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     if not convs:
