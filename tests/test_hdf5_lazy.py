@@ -148,6 +148,28 @@ def test_dataloader_workers_read_through_their_own_handles(nchw):
     np.testing.assert_array_equal(torch.cat([b[0] for b in workers]).numpy(), x.astype(np.float32))
 
 
+def test_channel_importance_on_lazy_data_matches_in_memory_and_worker_runs(tmp_path):
+    from pxpermute.importance import channel_importance
+
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 3, 90)
+    x = rng.normal(0, 1, (90, 3, 8, 8)).astype(np.float32)
+    for k in range(3):
+        x[y == k, 0, k * 2 : k * 2 + 2] += 3.0
+    path = write_hdf5_dataset(tmp_path / "toy.h5", x, y, layout="NCHW", chunk=16)
+    lazy = load_hdf5_dataset(path)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 64, 3)).eval()
+    kw = dict(n_repeats=3, batch_size=32, random_state=1, progress=False)
+    eager = channel_importance(model, IFCDataset(x, y), **kw)
+    in_proc = channel_importance(model, lazy, **kw)
+    lazy.get_batch([0])  # handle open in the parent before the workers fork
+    workers = channel_importance(model, lazy, num_workers=2, **kw)
+    assert np.any(eager.importances_mean != 0)  # the comparison below is not between trivial zeros
+    np.testing.assert_array_equal(in_proc.importances_mean, eager.importances_mean)
+    np.testing.assert_array_equal(workers.importances_mean, eager.importances_mean)
+
+
 # -- errors -------------------------------------------------------------------------------
 def test_truncated_file_is_reported_with_its_path(nchw, tmp_path):
     path, _, _ = nchw

@@ -22,7 +22,8 @@ larger than memory) and :func:`load_hdf5_dataset` opens one as a lazy
 ``IFCDataset``, reading channel/class names stored as attributes.
 
 Normalization (1st/99th percentile, fitted on training data) is deliberately
-*not* done here: it belongs to :mod:`pxpermute.training` and is applied as the
+*not* done here: :func:`pxpermute.models.fit_percentile_normalization` fits it on the
+training split (see :mod:`pxpermute.training`) and it is applied as the
 dataset's ``transform``.
 """
 from __future__ import annotations
@@ -30,7 +31,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -761,7 +762,3 @@ def load_hdf5_dataset(
         name=name or Path(path).stem,
     )
 
-
-def iter_files(root: str | os.PathLike, pattern: str = "*.h5") -> Iterable[Path]:
-    """Sorted files under ``root`` matching ``pattern`` (recursive)."""
-    return sorted(Path(root).rglob(pattern))
