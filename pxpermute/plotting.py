@@ -231,3 +231,206 @@ def plot_montage(
     fig.suptitle(title or f"{name}: {n_per_class} example cell(s) per class x channel", fontsize=10)
     fig.tight_layout()
     return fig
+
+
+# ---------------------------------------------------------------------------
+# method comparison (Fig. 3 / Fig. 4 style) and method x data-set summaries
+# ---------------------------------------------------------------------------
+__all__ += ["plot_method_comparison", "plot_remove_and_retrain", "plot_method_heatmap"]
+
+
+def _comparison_title(results) -> str:
+    ref = next((r for r in results if r.info.get("method") == "pxpermute"), results[0])
+    parts = ["channel importance by method"]
+    for key in ("data", "model"):
+        if ref.info.get(key):
+            parts.append(f"{key}={ref.info[key]}")
+    if ref.info.get("method") == "pxpermute":
+        parts.append(f"PXPermute k={ref.n_repeats}")
+    if ref.info.get("random_state") is not None:
+        parts.append(f"seed={ref.info['random_state']}")
+    if "n_samples" in ref.info:
+        parts.append(f"n={ref.info['n_samples']}")
+    return ", ".join(parts)
+
+
+def plot_method_comparison(results, ax=None, *, ground_truth=None, sort: bool = True, normalized: bool = True,
+                           title: str | None = None):
+    """Normalized channel importance of several methods as grouped bars with 95 % CIs (Fig. 3 style).
+
+    A thin layer over :func:`plot_importance`: one bar group per channel, one bar per
+    method.  The CI of PXPermute is over its k repeats, that of an attribution
+    method over the attributed images; occlusion has none.
+
+    Parameters
+    ----------
+    results : mapping name -> ImportanceResult, or list of ImportanceResult
+        E.g. the output of :func:`pxpermute.baselines.compare_methods`.  All must
+        score the same channels.
+    ground_truth : GroundTruth, optional
+        Planted relevance of synthetic data, drawn as markers.
+    sort : bool, default True
+        Order channels by the first method's ranking.
+    normalized : bool, default True
+        Min-max normalize each method to [0, 1] (as in the paper).
+    title : str, optional
+        Default names data, model, PXPermute's k and seed.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> from pxpermute import ImportanceResult
+    >>> a = ImportanceResult([[0.3, 0.1], [0.2, 0.0]], channel_names=["BF", "DNA"], info={"method": "pxpermute"})
+    >>> b = ImportanceResult([[0.1, 0.4]], channel_names=["BF", "DNA"], info={"method": "occlusion"})
+    >>> fig = plot_method_comparison({"PXPermute": a, "Occlusion": b})
+    >>> len(fig.axes[0].patches)
+    4
+    """
+    if hasattr(results, "items"):
+        labels = [str(k) for k in results.keys()]
+        results = list(results.values())
+    else:
+        results = list(results)
+        labels = [str(r.info.get("method_name", r.info.get("method", "pxpermute"))) for r in results]
+    if not results:
+        raise ValueError("no results to plot")
+    return plot_importance(results, ax=ax, normalized=normalized, sort=sort, labels=labels,
+                           title=title or _comparison_title(results), ground_truth=ground_truth)
+
+
+def plot_remove_and_retrain(roar, ax=None, *, metric: str = "f1_macro", ci: bool = True, reference=None,
+                            title: str | None = None):
+    """Remove-and-retrain curves: score of the retrained models vs channels removed (Fig. 4 style).
+
+    One line per method (mean over folds) with a shaded 95 % CI over folds; the
+    legend gives each method's average over the curve (the paper's summary).
+
+    Parameters
+    ----------
+    roar : ROARResult
+        From :func:`pxpermute.evaluation.remove_and_retrain`.
+    metric : {"f1_macro", "accuracy"}
+    ci : bool, default True
+        Shade the 95 % t-interval over folds.
+    reference : DataFrame, optional
+        Published curves to draw dashed for comparison, methods x n_removed
+        (e.g. ``pxpermute.datasets.paper_numbers.paper_remove_and_retrain("synapse")``).
+    title : str, optional
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One solid line per method (and one dashed line per reference method).
+    """
+    if not hasattr(roar, "curve") or not hasattr(roar, "summary"):
+        raise TypeError(f"roar must be a ROARResult from remove_and_retrain, got {type(roar).__name__}")
+    curve = roar.curve(metric)
+    summary = roar.summary(metric).set_index("method")
+    methods = list(roar.methods)
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6.0, 3.8))
+    else:
+        fig = ax.figure
+    palette = dict(zip(methods, sns.color_palette("colorblind", len(methods))))
+    for m in methods:
+        c = curve[curve.method == m].sort_values("n_removed")
+        avg = summary.loc[m, "mean"]
+        style = {"linestyle": ":", "marker": "x"} if m == "Random" else {"marker": "o"}
+        ax.plot(c.n_removed, c["mean"], color=palette[m], label=f"{m} (avg {avg:.3f})", markersize=4, **style)
+        if ci and np.isfinite(c.ci_low).any():
+            ax.fill_between(c.n_removed, c.ci_low, c.ci_high, color=palette[m], alpha=0.15, linewidth=0)
+    if reference is not None:
+        ref = pd.DataFrame(reference)
+        extra = sns.color_palette("pastel", len(ref.index))
+        for j, m in enumerate(ref.index):
+            row = ref.loc[m].dropna()
+            ax.plot(np.asarray(row.index, dtype=float), row.to_numpy(float), linestyle="--", linewidth=1,
+                    color=palette.get(m, extra[j]), alpha=0.8, label=f"{m} (paper)")
+    steps = sorted(curve.n_removed.unique())
+    ax.set_xticks(steps)
+    ax.set_xlabel("channels removed (least important first)")
+    ax.set_ylabel({"f1_macro": "F1-macro", "accuracy": "accuracy"}[metric] + " after retraining")
+    ax.legend(fontsize="x-small", frameon=False, loc="lower left")
+    ax.set_title(title or roar.title(), fontsize="small", wrap=True)
+    sns.despine(ax=ax)
+    fig.tight_layout()
+    return fig
+
+
+def plot_method_heatmap(table, ax=None, *, value: str | None = None, title: str | None = None,
+                        fmt: str = ".3f", cmap: str = "viridis", center: float | None = None):
+    """Heatmap of one summary number per method (rows) and data set (columns).
+
+    Parameters
+    ----------
+    table : DataFrame or mapping data set -> (ROARResult or DataFrame)
+        * a wide DataFrame (index methods, columns data sets);
+        * a tidy DataFrame with columns ``method``, ``dataset`` and ``value``
+          (or the column named by ``value``);
+        * a mapping data set -> :class:`~pxpermute.evaluation.ROARResult` (its
+          ``summary()["mean"]``, the average F1-macro over the curve) or -> a
+          per-method DataFrame with a ``method`` column, e.g. from
+          :func:`~pxpermute.evaluation.score_rankings` (``value`` picks the column,
+          e.g. ``"spearman"``).
+    value : str, optional
+        Column holding the number (default ``"mean"`` for ROAR summaries, else ``"value"``).
+    title : str, optional
+    fmt, cmap, center
+        Passed to :func:`seaborn.heatmap`.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> t = pd.DataFrame({"apoptotic": [0.96, 0.95], "synapse": [0.92, 0.89]}, index=["PXPermute", "Occlusion"])
+    >>> fig = plot_method_heatmap(t)
+    >>> fig.axes[0].collections[0].get_array().size
+    4
+    """
+    if hasattr(table, "items") and not isinstance(table, pd.DataFrame):
+        parts = []
+        for ds_name, item in table.items():
+            if hasattr(item, "summary") and hasattr(item, "curve"):
+                col = value or "mean"
+                s = item.summary()
+                parts.append(pd.DataFrame({"method": s["method"], "dataset": str(ds_name), "value": s[col]}))
+            elif isinstance(item, pd.DataFrame) and "method" in item.columns:
+                col = value or "value"
+                if col not in item.columns:
+                    raise ValueError(f"column {col!r} not in the table for {ds_name!r} (columns {list(item.columns)})")
+                parts.append(pd.DataFrame({"method": item["method"], "dataset": str(ds_name), "value": item[col]}))
+            else:
+                raise TypeError(f"entry {ds_name!r}: expected a ROARResult or a DataFrame with a 'method' column, "
+                                f"got {type(item).__name__}")
+        if not parts:
+            raise ValueError("no data sets to plot")
+        tidy = pd.concat(parts, ignore_index=True)
+        wide = tidy.pivot_table(index="method", columns="dataset", values="value", sort=False)
+        label = value or "mean F1-macro over removal curve"
+    elif isinstance(table, pd.DataFrame):
+        col = value or "value"
+        if {"method", "dataset", col} <= set(table.columns):
+            wide = table.pivot_table(index="method", columns="dataset", values=col, sort=False)
+        else:
+            wide = table.apply(pd.to_numeric, errors="coerce")
+        label = value or ""
+    else:
+        raise TypeError(f"table must be a DataFrame or a mapping data set -> result, got {type(table).__name__}")
+    if wide.size == 0:
+        raise ValueError("nothing to plot: the table is empty")
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(1.8 + 1.1 * wide.shape[1], 1.0 + 0.42 * wide.shape[0]))
+    else:
+        fig = ax.figure
+    sns.heatmap(wide, annot=True, fmt=fmt, cmap=cmap, center=center, ax=ax, cbar_kws={"label": label})
+    ax.set_xlabel("data set")
+    ax.set_ylabel("method")
+    ax.set_title(title or "methods x data sets", fontsize="small", wrap=True)
+    fig.tight_layout()
+    return fig
