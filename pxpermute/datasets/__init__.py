@@ -36,3 +36,6 @@ from . import paper_numbers  # noqa: E402
 __all__ += ["LazyHDF5Array", "HDF5CellFiles", "load_hdf5_dataset", "write_hdf5_dataset", "pad_or_crop"]
 __all__ += ["load_apoptotic", "load_synapse", "load_wbc", "load_scifai_cells", "fetch_sample_cell", "DATASET_INFO"]
 __all__ += ["paper_numbers"]
+from .synthetic import SYNTHETIC_PRESETS, expected_ranking, expected_relevance, make_synthetic  # noqa: E402
+
+__all__ += ["make_synthetic", "SYNTHETIC_PRESETS", "expected_relevance", "expected_ranking"]
