@@ -48,10 +48,28 @@ class ImportanceResult:
     importances_mean, importances_std, importances_median : ndarray (C,)
     importance : ndarray (C,)
         The summary used for the ranking: mean or median over repeats (``aggregate``).
+    importances_sem : ndarray (C,)
+        Standard error of the mean over repeats, ``std / sqrt(R)`` (NaN when R < 2).
     ci_low, ci_high : ndarray (C,)
-        95 % confidence interval of the mean over repeats (t-interval, standard
-        error ``std / sqrt(R)``); NaN when R < 2.  It reflects the randomness of
-        the permutations only, not which test cells were drawn.
+        Confidence interval (level ``info["confidence"]``, default 95 %) of the
+        mean over repeats: t-interval ``mean +- t * std / sqrt(R)``, i.e. built
+        on the standard error, not on the spread; NaN when R < 2.  It reflects
+        the randomness of the permutations only, not which test cells were drawn.
+    bootstrap_confusion, bootstrap_baseline_confusion : ndarray (B, C, K, K) and (B, K, K), or None
+        Poisson-bootstrap weighted confusion matrices (pooled over repeats) when
+        the run had ``n_bootstrap = B > 0``; see :mod:`pxpermute.stats`.
+    bootstrap_importances : ndarray (B, C) or None
+        Importance per bootstrap replicate over the test images.
+    bootstrap_se, bootstrap_ci_low, bootstrap_ci_high : ndarray (C,) or None
+        Bootstrap standard error and percentile interval of the importance: they
+        reflect which test cells were drawn *and* the permutations.
+    p_values : ndarray (C,) or None
+        One-sided bootstrap p-value of H0 "importance <= 0" (see
+        :func:`pxpermute.stats.bootstrap_p_values`).
+    rank_stability : ndarray (C,) or None
+        Fraction of bootstrap replicates in which each unit holds its rank.
+    baseline_score_ci : (float, float) or None
+        Bootstrap interval of the unperturbed score.
     present_classes : ndarray (K,) of bool
         Classes with support in the evaluated data (the others are left out of
         every average, see :mod:`pxpermute.metrics`).
@@ -75,6 +93,8 @@ class ImportanceResult:
         present: np.ndarray | None = None,
         groups: dict[str, list[str]] | None = None,
         info: dict[str, Any] | None = None,
+        bootstrap_confusion: np.ndarray | None = None,
+        bootstrap_baseline_confusion: np.ndarray | None = None,
     ) -> None:
         imp = np.asarray(importances, dtype=np.float64)
         if imp.ndim == 1:
@@ -90,6 +110,9 @@ class ImportanceResult:
         self.baseline_scores = None if baseline_scores is None else np.asarray(baseline_scores, dtype=np.float64)
         self.confusion = None if confusion is None else np.asarray(confusion)
         self.baseline_confusion = None if baseline_confusion is None else np.asarray(baseline_confusion)
+        self.bootstrap_confusion = None if bootstrap_confusion is None else np.asarray(bootstrap_confusion)
+        self.bootstrap_baseline_confusion = (
+            None if bootstrap_baseline_confusion is None else np.asarray(bootstrap_baseline_confusion))
         if present is None:
             present = np.ones(len(self.class_names), bool)
         self.present_classes = np.asarray(present, bool)
@@ -150,6 +173,8 @@ class ImportanceResult:
             class_names=self.class_names,
             groups=self.groups,
             info=info,
+            bootstrap_confusion=self.bootstrap_confusion,
+            bootstrap_baseline_confusion=self.bootstrap_baseline_confusion,
         )
 
     # -- summaries ---------------------------------------------------------------
@@ -159,14 +184,31 @@ class ImportanceResult:
         self.importances_mean = imp.mean(axis=0)
         self.importances_median = np.median(imp, axis=0)
         self.importances_std = imp.std(axis=0, ddof=1) if R > 1 else np.zeros(imp.shape[1])
+        level = float(self.info.get("confidence", 0.95))
+        self.importances_sem = self.importances_std / np.sqrt(R) if R > 1 else np.full(imp.shape[1], np.nan)
         if R > 1:
-            half = stats.t.ppf(0.975, R - 1) * self.importances_std / np.sqrt(R)
+            half = stats.t.ppf(0.5 + level / 2, R - 1) * self.importances_sem
             self.ci_low = self.importances_mean - half
             self.ci_high = self.importances_mean + half
         else:
             self.ci_low = np.full(imp.shape[1], np.nan)
             self.ci_high = np.full(imp.shape[1], np.nan)
         self.importance = self.importances_median if self.info.get("aggregate") == "median" else self.importances_mean
+        boot: dict[str, Any] = dict.fromkeys(
+            ("bootstrap_importances", "bootstrap_drops", "bootstrap_se", "bootstrap_ci_low", "bootstrap_ci_high",
+             "p_values", "rank_stability", "class_p_values", "class_se", "class_ci_low", "class_ci_high",
+             "baseline_score_ci"))
+        if (self.bootstrap_confusion is not None and self.bootstrap_baseline_confusion is not None
+                and self.confusion is not None and self.baseline_confusion is not None and self.drops is not None):
+            from .stats import bootstrap_summary
+
+            boot.update(bootstrap_summary(self, level))
+        self.__dict__.update(boot)
+
+    @property
+    def n_bootstrap(self) -> int:
+        """Bootstrap replicates held (0 without a bootstrap)."""
+        return 0 if self.bootstrap_confusion is None else int(self.bootstrap_confusion.shape[0])
 
     @property
     def n_repeats(self) -> int:
@@ -196,9 +238,14 @@ class ImportanceResult:
     def to_frame(self, level: str = "channel") -> pd.DataFrame:
         """Tidy table.
 
-        ``level="channel"``: one row per channel (importance, std, CI, normalized, rank);
+        ``level="channel"``: one row per channel (importance, std, standard error
+        ``sem``, CI, normalized, rank; with a bootstrap also ``boot_se``,
+        ``boot_ci_low/high``, ``p_value``, ``rank_stability``);
         ``"repeat"``: one row per (repeat, channel); ``"class"``: one row per
-        (repeat, channel, class) with baseline, perturbed score and drop.
+        (repeat, channel, class) with baseline, perturbed score and drop;
+        ``"per_class"``: one row per (channel, class) with the drop summarized
+        over repeats (mean, std, sem, t-interval; with a bootstrap also
+        ``boot_se``, ``boot_ci_low/high`` and the per-class ``p_value``).
         """
         method = self.info.get("method", "pxpermute")
         if level == "channel":
@@ -208,6 +255,7 @@ class ImportanceResult:
                     "importance": self.importance,
                     "mean": self.importances_mean,
                     "std": self.importances_std,
+                    "sem": self.importances_sem,
                     "median": self.importances_median,
                     "ci_low": self.ci_low,
                     "ci_high": self.ci_high,
@@ -215,6 +263,12 @@ class ImportanceResult:
                 }
             )
             df["rank"] = np.argsort(self.ranking) + 1
+            if self.bootstrap_importances is not None:
+                df["boot_se"] = self.bootstrap_se
+                df["boot_ci_low"] = self.bootstrap_ci_low
+                df["boot_ci_high"] = self.bootstrap_ci_high
+                df["p_value"] = self.p_values
+                df["rank_stability"] = self.rank_stability
             df.insert(0, "method", method)
             return df
         if level == "repeat":
@@ -244,23 +298,51 @@ class ImportanceResult:
                     "drop": self.drops.reshape(-1),
                 }
             )
-        raise ValueError(f"level must be 'channel', 'repeat' or 'class', got {level!r}")
+        if level == "per_class":
+            from .stats import per_class_frame
 
-    def per_class(self) -> pd.DataFrame:
-        """Mean drop per (channel, class): rows channels, columns classes."""
+            return per_class_frame(self)
+        raise ValueError(f"level must be 'channel', 'repeat', 'class' or 'per_class', got {level!r}")
+
+    def per_class(self, value: str = "mean") -> pd.DataFrame:
+        """Channel x class table of the drop: rows channels, columns classes.
+
+        ``value`` is any column of ``to_frame("per_class")``: ``"mean"`` (mean drop
+        over repeats, the default), ``"median"``, ``"std"``, ``"sem"``, ``"ci_low"``,
+        ``"ci_high"``, and with a bootstrap ``"boot_se"``, ``"boot_ci_low"``,
+        ``"boot_ci_high"``, ``"p_value"``.
+        """
         if self.drops is None:
             raise ValueError("this result has no per-class detail")
         names = self.class_names if self.drops.shape[-1] == len(self.class_names) else [self.info.get("metric", "overall")]
-        return pd.DataFrame(self.drops.mean(axis=0), index=self.channel_names, columns=names)
+        if value == "mean":
+            return pd.DataFrame(self.drops.mean(axis=0), index=self.channel_names, columns=names)
+        df = self.to_frame("per_class")
+        if value not in df.columns or value in ("method", "channel", "class"):
+            raise ValueError(f"unknown per-class value {value!r}; choose one of {list(df.columns[3:])}")
+        table = df.pivot(index="channel", columns="class", values=value)
+        return table.loc[self.channel_names, names].rename_axis(index=None, columns=None)
 
     def summary(self) -> str:
         """A plain-text table of the ranking with 95 % CIs."""
         df = self.to_frame().sort_values("rank")
         lines = [self.title()]
-        lines.append(f"{'rank':>4}  {'channel':<14}{'importance':>11}  {'95% CI':>19}  {'normalized':>10}")
+        pct = f"{100 * float(self.info.get('confidence', 0.95)):g}%"
+        boot = self.bootstrap_importances is not None
+        head = f"{'rank':>4}  {'channel':<14}{'importance':>11}  {pct + ' CI (repeats)':>21}  {'normalized':>10}"
+        if boot:
+            head += f"  {pct + ' CI (bootstrap)':>21}  {'p':>7}  {'P(rank)':>7}"
+        lines.append(head)
         for _, row in df.iterrows():
             ci = f"[{row.ci_low:+.4f}, {row.ci_high:+.4f}]" if np.isfinite(row.ci_low) else "n/a"
-            lines.append(f"{int(row['rank']):>4}  {row.channel:<14}{row.importance:>+11.4f}  {ci:>19}  {row.normalized:>10.3f}")
+            line = f"{int(row['rank']):>4}  {row.channel:<14}{row.importance:>+11.4f}  {ci:>21}  {row.normalized:>10.3f}"
+            if boot:
+                bci = f"[{row.boot_ci_low:+.4f}, {row.boot_ci_high:+.4f}]"
+                line += f"  {bci:>21}  {row.p_value:>7.4f}  {row.rank_stability:>7.2f}"
+            lines.append(line)
+        if boot:
+            lines.append(f"bootstrap: {self.n_bootstrap} Poisson replicates over the test images; "
+                         "p: one-sided bootstrap test of importance > 0; P(rank): rank stability")
         return "\n".join(lines)
 
     def title(self) -> str:
@@ -304,7 +386,8 @@ class ImportanceResult:
             stem = stem.with_suffix("")
         stem.parent.mkdir(parents=True, exist_ok=True)
         arrays = {"importances": self.importances, "present_classes": self.present_classes}
-        for name in ("drops", "baseline_scores", "confusion", "baseline_confusion"):
+        for name in ("drops", "baseline_scores", "confusion", "baseline_confusion", "bootstrap_confusion",
+                     "bootstrap_baseline_confusion"):
             val = getattr(self, name)
             if val is not None:
                 arrays[name] = val
@@ -358,6 +441,8 @@ class ImportanceResult:
             present=arrays.get("present_classes"),
             groups=meta.get("groups"),
             info=meta.get("info"),
+            bootstrap_confusion=arrays.get("bootstrap_confusion"),
+            bootstrap_baseline_confusion=arrays.get("bootstrap_baseline_confusion"),
         )
 
 
