@@ -223,7 +223,7 @@ class IFCClassifier(NeuralNetClassifier):
         if gen is None:
             gen = torch.Generator()
             if self.random_state is None:
-                gen.seed()
+                gen.manual_seed(int(torch.randint(0, 2**62, (1,)).item()))
             else:
                 gen.manual_seed(int(self.random_state) + 1)
             self.generator_ = gen
@@ -231,22 +231,33 @@ class IFCClassifier(NeuralNetClassifier):
 
     @contextmanager
     def _seeded(self) -> Iterator[None]:
-        devices: list[int] = []
-        if torch.cuda.is_available() and str(self.device).startswith("cuda"):
-            devices = [torch.device(self.device).index or 0]
-        with torch.random.fork_rng(devices=devices):
-            if self.random_state is not None:
-                torch.manual_seed(int(self.random_state))
-            self.generator_ = None
-            try:
+        self.generator_ = None
+        try:
+            if self.random_state is None:  # fresh randomness from torch's global RNG
                 yield
-            finally:
-                self.generator_ = None  # a Generator cannot be pickled/cloned
+                return
+            devices: list[int] = []
+            if torch.cuda.is_available() and str(self.device).startswith("cuda"):
+                devices = [torch.device(self.device).index or torch.cuda.current_device()]
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(int(self.random_state))
+                yield
+        finally:
+            self.generator_ = None  # a Generator cannot be pickled/cloned
 
     def fit(self, X: Any, y: Any = None, **fit_params: Any) -> "IFCClassifier":
         """Fit on ``X`` (IFCDataset, array of raw images) and ``y`` (labels, if ``X`` is an array)."""
         with self._seeded():
             return super().fit(X, y, **fit_params)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        split = state.get("train_split")
+        if isinstance(getattr(split, "keywords", None), dict) and isinstance(split.keywords.get("valid_ds"), _BatchView):
+            # the validation view references the whole data set (maybe an open HDF5 file):
+            # a pickled net keeps the weights, not the data
+            state["train_split"] = None
+        return state
 
     # -- data --------------------------------------------------------------------
     def _expected_channels(self) -> int | None:
@@ -628,7 +639,9 @@ def train_classifier(
     IFCClassifier
         Fitted; additionally carries ``channels_`` (indices into ``dataset``'s
         channels), ``channel_names_``, ``class_names_``, ``train_indices_`` and
-        ``valid_indices_``.
+        ``valid_indices_``.  Its ``train_split`` refers to the validation cells
+        of ``dataset``; a pickled copy drops that reference (``train_split=None``)
+        so that it holds the weights, not the data.
 
     Examples
     --------

@@ -80,6 +80,14 @@ def test_normalizer_is_first_layer_fitted_on_training_part_only(trained, easy_ds
         np.testing.assert_allclose(net.module_[0].high[c].item(), np.percentile(x_tr[:, c], 99), rtol=1e-5)
     assert "valid_f1" in net.history[-1]
     assert net.channel_names_ == ["A", "B", "noise"]
+    # a pickled net carries the weights, not the data set (validation view dropped)
+    import pickle
+
+    blob = pickle.dumps(net)
+    assert len(blob) < easy_ds.images.nbytes
+    clone = pickle.loads(blob)
+    assert clone.train_split is None and net.train_split is not None
+    np.testing.assert_array_equal(clone.predict(easy_ds), net.predict(easy_ds))
     assert net.class_names_ == ["a", "b"]
 
 
@@ -314,3 +322,10 @@ def test_cross_validate_partition_scores_and_determinism(easy_ds, capsys):
 
     other = cross_validate(easy_ds, progress=False, random_state=3, **{**kw, "max_epochs": 1})
     assert any(not np.array_equal(a, b) for a, b in zip(other.test_indices, cv.test_indices))
+
+
+def test_random_state_none_gives_fresh_randomness():
+    x, y = easy_problem(n=40)
+    a = make_classifier(3, 2, random_state=None, valid_fraction=None, max_epochs=1, **FAST).fit(x, y)
+    b = make_classifier(3, 2, random_state=None, valid_fraction=None, max_epochs=1, **FAST).fit(x, y)
+    assert not torch.equal(a.module_[1].classifier.weight, b.module_[1].classifier.weight)
