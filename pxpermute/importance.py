@@ -12,8 +12,9 @@ distributed run combine by summing.
 from __future__ import annotations
 
 import math
+import os
 import time
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -24,6 +25,10 @@ from .datasets.base import IFCDataset, resolve_channels
 from .perturb import DETERMINISTIC, PERTURBATIONS, PerturbContext, seed_words
 from .metrics import METRICS
 from .result import ImportanceResult
+from .stats import BootstrapCollector, _check_confidence, add_weighted, poisson_weights, resolve_max_samples, stratified_subsample
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .scale import AdaptiveK
 
 __all__ = ["channel_importance", "ImportanceResult", "as_predictor", "as_source", "accumulate", "Accumulated"]
 
@@ -288,9 +293,11 @@ class _Plan:
     """Everything the accumulation loop needs, fixed for one importance run."""
 
     def __init__(self, *, src: _Source, predict: _Predictor, units: list[list[int]], perturb: Callable,
-                 ctx: PerturbContext, n_classes: int, batch_size: int, device: torch.device) -> None:
+                 ctx: PerturbContext, n_classes: int, batch_size: int, device: torch.device,
+                 n_bootstrap: int = 0) -> None:
         self.src, self.predict, self.units, self.perturb, self.ctx = src, predict, units, perturb, ctx
         self.n_classes, self.batch_size, self.device = n_classes, batch_size, device
+        self.n_bootstrap = int(n_bootstrap)  # > 0: also accumulate Poisson-bootstrap counts (pxpermute.stats)
 
     def block_size(self, n: int) -> int:
         return max(1, min(self.batch_size, n))
@@ -308,10 +315,16 @@ class Accumulated:
 
     ``baseline``: (K, K) or None; ``confusion``: (len(repeats), U, K, K); they add
     up over disjoint sample sets (shards, resumed chunks) by plain summation.
+    With ``plan.n_bootstrap = B > 0`` also ``boot_baseline`` (B, K, K) or None and
+    ``boot_confusion`` (B, U, K, K), Poisson-weighted and summed over the repeats
+    (see :mod:`pxpermute.stats`); they add up over sample sets *and* over chunks
+    of repeats.  Both are None when the bootstrap is off.
     """
 
-    def __init__(self, baseline: torch.Tensor | None, confusion: torch.Tensor, n_forward_images: int) -> None:
+    def __init__(self, baseline: torch.Tensor | None, confusion: torch.Tensor, n_forward_images: int, *,
+                 boot_baseline: torch.Tensor | None = None, boot_confusion: torch.Tensor | None = None) -> None:
         self.baseline, self.confusion, self.n_forward_images = baseline, confusion, n_forward_images
+        self.boot_baseline, self.boot_confusion = boot_baseline, boot_confusion
 
 
 def accumulate(plan: _Plan, indices: np.ndarray, repeats: range, *, with_baseline: bool = True, bar=None) -> Accumulated:
@@ -332,8 +345,17 @@ def accumulate(plan: _Plan, indices: np.ndarray, repeats: range, *, with_baselin
     cm = torch.zeros(U * R, K * K, dtype=torch.int64, device=dev)  # item id = u * R + r (local r)
     n_items = U * R
     n_forward = 0
+    nb = int(getattr(plan, "n_bootstrap", 0) or 0)
+    boot_base = torch.zeros(nb, K * K, dtype=torch.int64, device=dev) if nb and with_baseline else None
+    boot_cm = torch.zeros(nb, U * K * K, dtype=torch.int64, device=dev) if nb else None  # pooled over repeats
+
+    def _boot() -> dict[str, Any]:
+        return {"boot_baseline": boot_base.view(nb, K, K) if boot_base is not None else None,
+                "boot_confusion": boot_cm.view(nb, U, K, K) if boot_cm is not None else None}
+
     if len(indices) == 0:
-        return Accumulated(cm_base.view(K, K) if cm_base is not None else None, cm.view(U, R, K, K).transpose(0, 1), 0)
+        return Accumulated(cm_base.view(K, K) if cm_base is not None else None, cm.view(U, R, K, K).transpose(0, 1), 0,
+                           **_boot())
     block = plan.block_size(len(indices))
     items_per_pass = max(1, plan.batch_size // block)  # small blocks: stack several (unit, repeat) items per pass
     for idx, x_np, y_np in src.blocks(np.asarray(indices, dtype=np.int64), block):
@@ -346,6 +368,7 @@ def accumulate(plan: _Plan, indices: np.ndarray, repeats: range, *, with_baselin
             raise ValueError(f"labels must lie in [0, {K}) for {K} classes; found {int(y.min())}..{int(y.max())}")
         idx_t = torch.from_numpy(idx).to(dev)
         B = len(idx)
+        w = poisson_weights(plan.ctx.seed, idx_t, nb) if nb else None  # (nb, B), a function of (seed, index, b)
         if with_baseline:
             try:
                 p0 = plan.predict(x, K)
@@ -354,6 +377,8 @@ def accumulate(plan: _Plan, indices: np.ndarray, repeats: range, *, with_baselin
             except Exception as err:
                 raise ValueError(f"the model failed on a batch of shape {tuple(x.shape)}: {type(err).__name__}: {err}") from err
             cm_base += torch.bincount(y * K + p0, minlength=K * K)
+            if nb:
+                add_weighted(boot_base, y * K + p0, w)
             n_forward += B
             if bar is not None:
                 bar.update(1)
@@ -369,6 +394,9 @@ def accumulate(plan: _Plan, indices: np.ndarray, repeats: range, *, with_baselin
             n_it = b - a
             flat = torch.arange(n_it, device=dev).repeat_interleave(B) * (K * K) + yk[: n_it * B] + pred
             cm[a:b] += torch.bincount(flat, minlength=n_it * K * K).view(n_it, K * K)
+            if nb:  # weighted counts per unit, pooled over the repeats of this pass
+                unit_of = torch.div(torch.arange(a, b, device=dev), R, rounding_mode="floor")
+                add_weighted(boot_cm, unit_of.repeat_interleave(B) * (K * K) + yk[: n_it * B] + pred, w.repeat(1, n_it))
             n_forward += n_it * B
             if bar is not None:
                 bar.update(1)
@@ -376,6 +404,7 @@ def accumulate(plan: _Plan, indices: np.ndarray, repeats: range, *, with_baselin
         cm_base.view(K, K) if cm_base is not None else None,
         cm.view(U, R, K, K).transpose(0, 1).contiguous(),
         n_forward,
+        **_boot(),
     )
 
 
@@ -401,6 +430,12 @@ def channel_importance(
     amp: bool = False,
     channels_last: bool = False,
     progress: bool = True,
+    n_bootstrap: int = 0,
+    confidence: float = 0.95,
+    max_samples: int | float | None = None,
+    adaptive: "bool | Mapping[str, Any] | AdaptiveK" = False,
+    checkpoint: "str | os.PathLike | None" = None,
+    chunk_repeats: int | None = None,
 ) -> ImportanceResult:
     """Channel importance by perturbing one channel (or group) at a time.
 
@@ -435,10 +470,21 @@ def channel_importance(
     aggregate : {"mean", "median"}
         How drops are aggregated over classes and over repeats.
     groups : mapping name -> channels, or list of channel lists, optional
-        Score groups of channels as one unit each.  With ``pixel``, a group
-        shares one pixel permutation per image by default (keeping the pixel
-        correspondence between its channels); ``shared_group_permutation=False``
-        permutes each channel of the group independently.
+        Score groups of channels as one unit each, e.g.
+        ``{"brightfield": ["BF1", "BF2"], "CD3+CD4": ["CD3", "CD4"]}`` (channel
+        names or indices; an unnamed group in a list is named by joining its
+        items with "+").  Typical uses: all stain-free channels as one unit, or
+        two stains that always come together.  Groups reveal redundancy: two
+        channels with the same information each score ~0 alone when the model
+        can use either one, but high together.  With ``pixel``, the channels of
+        a group share one pixel permutation per image by default
+        (``shared_group_permutation=True``): the pixel correspondence *between*
+        them is kept and only their arrangement in the image (and relative to
+        the other channels) is destroyed, i.e. the group's spatial information
+        is removed as a whole.  ``shared_group_permutation=False`` permutes each
+        channel of the group independently, destroying their pixel-wise
+        relation as well.  With ``sample`` a group's channels come from the same
+        donor image; with ``fill`` all of them are filled.
     batch_size : int
         Images per forward pass.  Blocks smaller than this stack several repeats
         into one pass.  Does not change the result.
@@ -452,6 +498,49 @@ def channel_importance(
         bfloat16 autocast / channels-last memory format for CUDA models.
     progress : bool
         Show a tqdm progress bar.
+    n_bootstrap : int, default 0
+        Poisson-bootstrap replicates over the test images (0 = off).  Per
+        replicate the engine accumulates weighted confusion matrices pooled over
+        the repeats (memory ``n_bootstrap x (units + 1) x K x K`` integers,
+        independent of the data size; see :mod:`pxpermute.stats`), giving
+        ``result.bootstrap_ci_low/high`` (percentile interval),
+        ``result.bootstrap_se`` (standard error), ``result.p_values`` (one-sided
+        bootstrap test of importance > 0, :func:`pxpermute.stats.bootstrap_p_values`)
+        and ``result.rank_stability`` (probability each unit holds its rank).
+        These reflect which test cells were drawn as well as the permutations;
+        the repeat-based ``ci_low/high`` reflect the permutations only.
+        ``n_bootstrap=999`` resolves p-values down to 0.001.
+    confidence : float, default 0.95
+        Two-sided level of the repeat t-interval and of the bootstrap interval.
+    max_samples : float in (0, 1] or int, optional
+        Score a class-stratified random subsample of the test set: a fraction,
+        or a count.  Every class keeps at least one sample; the draw is
+        deterministic given ``random_state`` (:func:`pxpermute.stats.stratified_subsample`).
+        ``result.info`` records the request, the samples used per class and the
+        full size.  Data without stored labels (a plain torch Dataset) are read
+        once to find the labels.
+    adaptive : bool, dict or :class:`~pxpermute.scale.AdaptiveK`
+        Adaptive k: add repeats in chunks and stop once the ranking is settled
+        (adjacent units' confidence intervals separate or differ by less than a
+        tie tolerance, or the ranking is unchanged over ``patience`` chunks; see
+        :class:`~pxpermute.scale.AdaptiveK`), at most ``n_repeats``.
+        ``result.info["n_repeats"]`` is the k used, ``info["adaptive"]`` the rule
+        and why it stopped.  A dict sets the rule's options
+        (``min_repeats``, ``chunk``, ``patience``, ``confidence``, ``tol``).
+    checkpoint : path, optional
+        Partial-result file written after every finished chunk of repeats
+        (atomically, with a checksum).  Rerunning the same call continues from
+        it and gives the identical result; a corrupted file, or one written for
+        another seed / model / data / channels, raises
+        :class:`~pxpermute.scale.CheckpointError`.
+    chunk_repeats : int, optional
+        Repeats per chunk (default: all at once; 10 with a checkpoint; the
+        adaptive rule's ``chunk`` with ``adaptive``).  Does not change the result.
+
+    Distributed runs: inside an initialized :mod:`torch.distributed` process
+    group (e.g. under ``torchrun``) every rank evaluates a shard of the samples,
+    the confusion matrices are all-reduced and every rank returns the same
+    result, identical to a single-process run with the same ``random_state``.
 
     Returns
     -------
@@ -481,6 +570,13 @@ def channel_importance(
         raise ValueError(f"aggregate must be 'mean' or 'median', got {aggregate!r}")
     if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, (int, np.integer)) or n_bootstrap < 0:
+        raise ValueError(f"n_bootstrap must be a non-negative integer (0 = no bootstrap), got {n_bootstrap!r}")
+    if n_bootstrap and checkpoint is not None:
+        raise ValueError("n_bootstrap > 0 cannot be combined with checkpoint= yet (checkpoints hold no bootstrap counts)")
+    confidence = _check_confidence(confidence)
+    if max_samples is not None:
+        resolve_max_samples(max_samples, 1)  # type/range check before any data are read
     if random_state is None:
         random_state = int(np.random.SeedSequence().entropy % (2**63))
     elif isinstance(random_state, np.random.Generator):
@@ -488,6 +584,9 @@ def channel_importance(
     elif not isinstance(random_state, (int, np.integer)) or random_state < 0:
         raise TypeError(f"random_state must be a non-negative int or None, got {random_state!r}")
     random_state = int(random_state)
+    from .scale import agree_seed
+
+    random_state = agree_seed(random_state)  # distributed: every rank uses rank 0's seed
 
     src = as_source(data, labels, num_workers=num_workers)
     if src.n == 0:
@@ -537,26 +636,50 @@ def channel_importance(
     ctx = PerturbContext(seed, src.n, fetch=src.fetch, fill_value=fill_value,
                          shared_group_permutation=shared_group_permutation)
     plan = _Plan(src=src, predict=pred_fn, units=units, perturb=perturb, ctx=ctx, n_classes=K,
-                 batch_size=int(batch_size), device=dev)
+                 batch_size=int(batch_size), device=dev, n_bootstrap=int(n_bootstrap))
     indices = np.arange(src.n)
+    if max_samples is not None:
+        all_labels = src.labels if src.labels is not None else np.concatenate(
+            [np.asarray(yb, np.int64) for _, _, yb in src.blocks(indices, max(1, int(batch_size)))])
+        indices = stratified_subsample(all_labels, max_samples, random_state=random_state)
+    boot = BootstrapCollector()
 
-    from tqdm.auto import tqdm
+    from . import scale
 
-    bar = tqdm(total=plan.n_passes(len(indices), R), disable=not progress, desc=f"{perturbation} k={R}", unit="pass")
-    try:
-        acc = accumulate(plan, indices, range(R), with_baseline=True, bar=bar)
-    finally:
-        bar.close()
-    cm_base, cm, n_forward = acc.baseline, acc.confusion, acc.n_forward_images
+    rule = scale.AdaptiveK.coerce(adaptive) if R > 1 else None
+    if chunk_repeats is not None and (isinstance(chunk_repeats, bool) or not isinstance(chunk_repeats, (int, np.integer))
+                                      or chunk_repeats < 1):
+        raise ValueError(f"chunk_repeats must be a positive integer, got {chunk_repeats!r}")
+    rank, world = scale.distributed_context()
+    fp = None
+    if checkpoint is not None or world > 1:
+        fp = scale.fingerprint(
+            random_state=random_state, perturbation=perturbation, units=units, unit_names=unit_names,
+            class_names=cls_names, shared_group_permutation=shared_group_permutation,
+            fill_value=fill_value if perturbation == "fill" else None,
+            model=scale.model_digest(pred_fn), data=scale.data_digest(src, indices),
+            extra={"n_bootstrap": int(n_bootstrap)},
+        )
+    if rule is not None and chunk_repeats is not None:
+        rule = scale.AdaptiveK(**{**rule.__dict__, "chunk": int(chunk_repeats)})
 
-    base_np = cm_base.cpu().numpy()
-    cm_np = cm.cpu().numpy()
+    def _score(base: np.ndarray, conf: np.ndarray) -> np.ndarray:
+        return ImportanceResult.from_confusion(base, conf, metric=metric, aggregate=aggregate,
+                                               channel_names=unit_names, class_names=cls_names).importances
+
+    run = scale.run_repeats(
+        plan, indices, R, accumulate=boot.wrap(accumulate), adaptive=rule, chunk=chunk_repeats, checkpoint=checkpoint,
+        fp=fp, score=_score, aggregate=aggregate, progress=progress and rank == 0, desc=f"{perturbation} k={R}",
+        collector=boot,
+    )
+    base_np, cm_np, n_forward = run["baseline"], run["confusion"], run["n_forward_images"]
+    R = run["n_repeats"]
     info = {
         "method": "pxpermute" if perturbation == "pixel" else {"sample": "sample-permutation", "fill": "occlusion"}[perturbation],
         "perturbation": perturbation,
         "n_repeats": R,
         "random_state": random_state,
-        "n_samples": int(src.n),
+        "n_samples": int(len(indices)),
         "data": src.name,
         "model": pred_fn.name,
         "device": str(dev),
@@ -564,14 +687,29 @@ def channel_importance(
         "n_forward_images": int(n_forward),
         "runtime_s": time.perf_counter() - t0,
     }
+    if run["world_size"] > 1:
+        info["world_size"] = run["world_size"]
+    if run["adaptive"] is not None:
+        info["adaptive"] = run["adaptive"]
+    if checkpoint is not None:
+        info["checkpoint"] = str(checkpoint)
+        info["resumed_repeats"] = run["resumed_repeats"]
     if perturbation == "fill":
         info["fill_value"] = fill_value
     if group_map is not None:
         info["shared_group_permutation"] = shared_group_permutation
+    if max_samples is not None:
+        info["max_samples"] = max_samples
+        info["n_samples_total"] = int(src.n)
+        info["samples_per_class"] = np.bincount(all_labels[indices], minlength=K).tolist()
+    info["confidence"] = confidence
+    if n_bootstrap:
+        info["n_bootstrap"] = int(n_bootstrap)
+        info["bootstrap"] = "poisson"
     from . import __version__
 
     info["pxpermute_version"] = __version__
     return ImportanceResult.from_confusion(
         base_np, cm_np, metric=metric, aggregate=aggregate, channel_names=unit_names, class_names=cls_names,
-        groups=group_map, info=info,
+        groups=group_map, info=info, bootstrap_baseline_confusion=boot.baseline, bootstrap_confusion=boot.confusion,
     )

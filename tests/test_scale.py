@@ -1,0 +1,385 @@
+"""Scale features: distributed sharding, chunked/adaptive repeats, resumable checkpoints, the `run` CLI."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pxpermute import channel_importance, scale
+from pxpermute.scale import AdaptiveK, CheckpointError, ranking_settled, shard_indices
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _data(n: int = 96, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    X = rng.normal(size=(n, 4, 8, 8)).astype(np.float32)
+    X[y == 1, 0, :4] += 1.5          # strong spatial signal in channel 0
+    X[y == 2, 1, :, :4] += 0.8       # weaker one in channel 1
+    X[:, 3] = 0.0                    # channel 3 empty
+    return X, y
+
+
+def _model(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    m = torch.nn.Sequential(torch.nn.Conv2d(4, 6, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(2),
+                            torch.nn.Flatten(), torch.nn.Linear(24, 3))
+    return m.eval()
+
+
+def _rule_model(x: torch.Tensor) -> torch.Tensor:
+    """A fixed classifier: class 1 if the top of channel 0 is bright, class 2 if the left of channel 1 is."""
+    a = x[:, 0, :4].mean((1, 2)) - 0.75
+    b = x[:, 1, :, :4].mean((1, 2)) - 0.4
+    return torch.stack([torch.zeros(len(x)), a, b], 1)
+
+
+# --------------------------------------------------------------------------- distributed
+def _dist_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        X, y = _data()
+        # batch_size = N / world: every rank's blocks are exactly the single-process blocks
+        res = channel_importance(_model(), (X, y), n_repeats=6, batch_size=48, random_state=3, progress=False)
+        # an odd batch size and the cross-sample perturbation (donors come from other shards)
+        res_s = channel_importance(_rule_model, (X, y), n_repeats=5, batch_size=7, perturbation="sample",
+                                   random_state=4, progress=False)
+        res_a = channel_importance(_rule_model, (X, y), n_repeats=60, batch_size=11, random_state=5, progress=False,
+                                   adaptive={"min_repeats": 4, "chunk": 4})
+        # random_state=None: rank 0's fresh seed is used everywhere
+        res_n = channel_importance(_rule_model, (X, y), n_repeats=3, progress=False)
+        np.savez(os.path.join(out_dir, f"rank{rank}.npz"), cm=res.confusion, base=res.baseline_confusion,
+                 cm_s=res_s.confusion, cm_a=res_a.confusion, k_a=res_a.info["n_repeats"],
+                 world=res.info["world_size"], nf=res.info["n_forward_images"],
+                 seed_n=res_n.info["random_state"], cm_n=res_n.confusion)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_distributed_two_ranks_equal_single_process(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_dist_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    X, y = _data()
+    ref = channel_importance(_model(), (X, y), n_repeats=6, batch_size=48, random_state=3, progress=False)
+    ref_s = channel_importance(_rule_model, (X, y), n_repeats=5, batch_size=7, perturbation="sample",
+                               random_state=4, progress=False)
+    ref_a = channel_importance(_rule_model, (X, y), n_repeats=60, batch_size=11, random_state=5, progress=False,
+                               adaptive={"min_repeats": 4, "chunk": 4})
+    outs = [np.load(tmp_path / f"rank{r}.npz") for r in range(2)]
+    for o in outs:
+        assert int(o["world"]) == 2
+        np.testing.assert_array_equal(o["cm"], ref.confusion)
+        np.testing.assert_array_equal(o["base"], ref.baseline_confusion)
+        np.testing.assert_array_equal(o["cm_s"], ref_s.confusion)
+        assert int(o["k_a"]) == ref_a.info["n_repeats"]
+        np.testing.assert_array_equal(o["cm_a"], ref_a.confusion)
+        # forward images are counted over all ranks
+        assert int(o["nf"]) == ref.info["n_forward_images"]
+    assert int(outs[0]["seed_n"]) == int(outs[1]["seed_n"])
+    np.testing.assert_array_equal(outs[0]["cm_n"], outs[1]["cm_n"])
+    # every sample is evaluated exactly once per repeat and unit
+    assert ref.confusion.sum(axis=(-1, -2)).min() == len(y)
+
+
+def test_shard_indices_partition():
+    idx = np.arange(17) * 3
+    shards = [shard_indices(idx, r, 4) for r in range(4)]
+    np.testing.assert_array_equal(np.concatenate(shards), idx)
+    assert max(map(len, shards)) - min(map(len, shards)) <= 1
+    assert len(shard_indices(np.arange(1), 1, 2)) == 0
+    with pytest.raises(ValueError, match="rank"):
+        shard_indices(idx, 4, 4)
+
+
+# --------------------------------------------------------------------------- chunks and adaptive k
+def test_chunks_add_up_exactly():
+    X, y = _data()
+    full = channel_importance(_rule_model, (X, y), n_repeats=12, random_state=1, progress=False)
+    for chunk in (1, 5, 12, 50):
+        part = channel_importance(_rule_model, (X, y), n_repeats=12, random_state=1, progress=False, chunk_repeats=chunk)
+        np.testing.assert_array_equal(part.confusion, full.confusion)
+        np.testing.assert_array_equal(part.importances, full.importances)
+
+
+def test_adaptive_stops_early_and_matches_fixed_prefix():
+    X, y = _data(240)
+    fixed = channel_importance(_rule_model, (X, y), n_repeats=100, random_state=2, progress=False)
+    ad = channel_importance(_rule_model, (X, y), n_repeats=100, random_state=2, progress=False,
+                            adaptive=True)
+    k = ad.info["n_repeats"]
+    assert ad.n_repeats == k and ad.info["adaptive"]["k_used"] == k
+    assert 20 <= k < 100 and (k - 20) % 10 == 0
+    assert ad.info["adaptive"]["stopped"] in ("resolved", "stable")
+    np.testing.assert_array_equal(ad.confusion, fixed.confusion[:k])  # the same repeats, just fewer of them
+    assert list(ad.ranking) == list(fixed.ranking)
+    assert set(ad.ranking[:2]) == {0, 1}  # the two informative channels lead
+    assert ad.info["n_forward_images"] < fixed.info["n_forward_images"]
+
+
+def test_adaptive_respects_cap_and_deterministic_fill():
+    X, y = _data()
+    # an unreachable rule (no ties, patience beyond the cap) runs to the cap
+    res = channel_importance(_rule_model, (X, y), n_repeats=12, random_state=0, progress=False,
+                             adaptive=AdaptiveK(min_repeats=4, chunk=4, patience=50, tol=0.0, confidence=0.999999))
+    assert res.info["n_repeats"] == 12 and res.info["adaptive"]["stopped"] == "cap"
+    occ = channel_importance(_rule_model, (X, y), perturbation="fill", progress=False, adaptive=True)
+    assert occ.n_repeats == 1
+
+
+def test_ranking_settled_rule():
+    rng = np.random.default_rng(0)
+    clear = np.array([0.5, 0.2, 0.0]) + rng.normal(0, 0.01, (20, 3))
+    assert ranking_settled(clear) == (True, "resolved")
+    # two units near zero differ by noise only: a tie within tol of the range
+    tie = np.array([0.5, 0.001, 0.0]) + rng.normal(0, 0.002, (20, 3))
+    assert ranking_settled(tie, rule=AdaptiveK(tol=0.05))[0]
+    assert not ranking_settled(tie, rule=AdaptiveK(tol=0.0))[0]
+    # overlapping CIs and no ties: unsettled until the ranking is the same for `patience` + 1 checks
+    sign = np.where(np.arange(20) % 2 == 0, 1.0, -1.0)
+    noisy = np.stack([0.5 + 0.3 * sign, 0.45 + 0.3 * sign, np.zeros(20)], 1)
+    rule = AdaptiveK(tol=0.0, patience=2)
+    hist: list = []
+    got = [ranking_settled(noisy[:n], rule=rule, history=hist) for n in (10, 12, 14)]
+    assert got == [(False, "unsettled"), (False, "unsettled"), (True, "stable")]
+    assert hist == [(0, 1, 2)] * 3
+    # a changed ranking restarts the count
+    hist2 = [(1, 0, 2), (1, 0, 2)]
+    assert ranking_settled(noisy[:10], rule=rule, history=hist2) == (False, "unsettled")
+
+
+@pytest.mark.parametrize("bad, err", [
+    ({"chunk": 0}, ValueError), ({"min_repeats": 1}, ValueError), ({"bogus": 1}, TypeError),
+    ("yes", TypeError), ({"confidence": 1.5}, ValueError), ({"tol": -0.1}, ValueError),
+])
+def test_adaptive_bad_options(bad, err):
+    X, y = _data(24)
+    with pytest.raises(err):
+        channel_importance(_rule_model, (X, y), n_repeats=5, progress=False, adaptive=bad)
+
+
+def test_bad_chunk_repeats():
+    X, y = _data(24)
+    with pytest.raises(ValueError, match="chunk_repeats"):
+        channel_importance(_rule_model, (X, y), n_repeats=5, progress=False, chunk_repeats=0)
+
+
+# --------------------------------------------------------------------------- checkpoints
+def _die_after(model: torch.nn.Module, n: int) -> None:
+    """Make ``model`` raise after ``n`` forward passes (a killed job); its weights stay the same."""
+    forward = model.forward
+    left = [n]
+
+    def dying(x):
+        left[0] -= 1
+        if left[0] < 0:
+            raise KeyboardInterrupt("simulated interruption")
+        return forward(x)
+
+    model.forward = dying
+
+
+def test_checkpoint_resume_after_interruption_is_identical(tmp_path):
+    X, y = _data()
+    ck = tmp_path / "run.ckpt"
+    model = _model()
+    opts = dict(n_repeats=30, random_state=7, batch_size=32, progress=False)
+    ref = channel_importance(model, (X, y), **opts)
+    _die_after(model, 120)
+    with pytest.raises(KeyboardInterrupt):
+        channel_importance(model, (X, y), checkpoint=ck, chunk_repeats=4, **opts)
+    del model.forward  # "restart the job"
+    state = scale.load_checkpoint(ck)
+    done = state["confusion"].shape[0]
+    assert 0 < done < 30 and done % 4 == 0
+    res = channel_importance(model, (X, y), checkpoint=ck, chunk_repeats=4, **opts)
+    assert res.info["resumed_repeats"] == done
+    np.testing.assert_array_equal(res.confusion, ref.confusion)
+    np.testing.assert_array_equal(res.baseline_confusion, ref.baseline_confusion)
+    np.testing.assert_array_equal(res.importances, ref.importances)
+    # only the missing repeats were computed
+    assert res.info["n_forward_images"] == len(y) * 4 * (30 - done)
+    # a later call with a larger cap continues from the finished file; a smaller cap uses its prefix
+    more = channel_importance(model, (X, y), checkpoint=ck, chunk_repeats=4, **{**opts, "n_repeats": 34})
+    assert more.info["resumed_repeats"] == 30 and more.n_repeats == 34
+    np.testing.assert_array_equal(more.confusion[:30], ref.confusion)
+    less = channel_importance(model, (X, y), checkpoint=ck, **{**opts, "n_repeats": 10})
+    assert less.info["n_forward_images"] == 0
+    np.testing.assert_array_equal(less.confusion, ref.confusion[:10])
+
+
+def test_adaptive_resume_gives_same_stop(tmp_path):
+    X, y = _data(240)
+    opts = dict(n_repeats=100, random_state=2, progress=False, adaptive=True)
+    ref = channel_importance(_rule_model, (X, y), **opts)
+    ck = tmp_path / "a.ckpt"
+    # a checkpoint that holds more repeats than the adaptive run needs (from a fixed-k run)
+    channel_importance(_rule_model, (X, y), n_repeats=100, random_state=2, progress=False, checkpoint=ck, chunk_repeats=50)
+    res = channel_importance(_rule_model, (X, y), checkpoint=ck, **opts)
+    assert res.info["n_repeats"] == ref.info["n_repeats"]
+    np.testing.assert_array_equal(res.confusion, ref.confusion)
+
+
+def _corrupt(path: Path, how: str) -> None:
+    blob = bytearray(path.read_bytes())
+    if how == "flip":
+        blob[-50] ^= 0xFF
+    elif how == "truncate":
+        blob = blob[: len(blob) - 100]
+    elif how == "header":
+        blob[25] = ord("}")
+    elif how == "garbage":
+        blob = bytearray(b"hello world\n")
+    path.write_bytes(bytes(blob))
+
+
+@pytest.mark.parametrize("how", ["flip", "truncate", "header", "garbage"])
+def test_corrupted_checkpoint_is_detected(tmp_path, how):
+    X, y = _data(48)
+    ck = tmp_path / "c.ckpt"
+    channel_importance(_rule_model, (X, y), n_repeats=6, random_state=0, progress=False, checkpoint=ck, chunk_repeats=3)
+    _corrupt(ck, how)
+    with pytest.raises(CheckpointError, match="corrupted|truncated|not a pxpermute checkpoint"):
+        channel_importance(_rule_model, (X, y), n_repeats=6, random_state=0, progress=False, checkpoint=ck)
+
+
+def test_checkpoint_from_other_configuration_is_rejected(tmp_path):
+    X, y = _data(48)
+    ck = tmp_path / "c.ckpt"
+    model = _model()
+    base = dict(n_repeats=4, random_state=0, progress=False, checkpoint=ck)
+    channel_importance(model, (X, y), **base)
+    with pytest.raises(CheckpointError, match="random_state: 0 vs 1"):
+        channel_importance(model, (X, y), **{**base, "random_state": 1})
+    with pytest.raises(CheckpointError, match="units"):
+        channel_importance(model, (X, y), groups=[[0, 1], [2], [3]], **base)
+    with pytest.raises(CheckpointError, match="perturbation"):
+        channel_importance(model, (X, y), perturbation="sample", **base)
+    X2 = X.copy()
+    X2[0, 0, 0, 0] += 1.0  # one pixel of a probed image
+    with pytest.raises(CheckpointError, match="data differs"):
+        channel_importance(model, (X2, y), **base)
+    with pytest.raises(CheckpointError, match="data differs"):
+        channel_importance(model, (X[:40], y[:40]), **base)
+    y2 = y.copy()
+    y2[5] = (y2[5] + 1) % 3
+    with pytest.raises(CheckpointError, match="data differs"):
+        channel_importance(model, (X, y2), **base)
+    other = _model()
+    with torch.no_grad():
+        other[0].weight[0, 0, 0, 0] += 1e-4
+    with pytest.raises(CheckpointError, match="model differs"):
+        channel_importance(other, (X, y), **base)
+    # the untouched configuration still resumes (metric and aggregate do not matter)
+    res = channel_importance(model, (X, y), metric="recall", aggregate="median", **base)
+    assert res.info["resumed_repeats"] == 4 and res.info["n_forward_images"] == 0
+
+
+def test_checkpoint_file_is_written_atomically(tmp_path, monkeypatch):
+    X, y = _data(48)
+    ck = tmp_path / "c.ckpt"
+    channel_importance(_rule_model, (X, y), n_repeats=4, random_state=0, progress=False, checkpoint=ck, chunk_repeats=2)
+    before = ck.read_bytes()
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError, match="disk full"):
+        scale.save_checkpoint(ck, {"x": 1}, np.zeros((3, 3)), np.zeros((1, 4, 3, 3)), 0)
+    assert ck.read_bytes() == before  # the old file is intact, no temporary left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.ckpt"]
+
+
+# --------------------------------------------------------------------------- command line
+def _write_inputs(tmp_path: Path, fmt: str):
+    from pxpermute.datasets import write_hdf5_dataset
+
+    X, y = _data(64)
+    if fmt == "npz":
+        data = tmp_path / "test.npz"
+        np.savez(data, X=X, y=y, channel_names=np.array(["BF", "DNA", "SSC", "empty"]))
+    else:
+        data = write_hdf5_dataset(tmp_path / "test.h5", X, y, channel_names=["BF", "DNA", "SSC", "empty"])
+    model = _model()
+    mpath = tmp_path / "model.pt"
+    if fmt == "npz":
+        torch.save(model, mpath)
+    else:
+        torch.jit.script(model).save(str(mpath))
+    return X, y, model, data, mpath
+
+
+@pytest.mark.parametrize("fmt", ["npz", "h5"])
+def test_cli_run(tmp_path, fmt, capsys):
+    from pxpermute.cli import main
+    from pxpermute.result import ImportanceResult
+
+    X, y, model, data, mpath = _write_inputs(tmp_path, fmt)
+    out = tmp_path / "res"
+    rc = main(["run", "--model", str(mpath), "--data", str(data), "--k", "5", "--seed", "3", "--out", str(out),
+               "--batch-size", "32", "--quiet"])
+    assert rc == 0
+    res = ImportanceResult.load(out)
+    ref = channel_importance(model, (X, y), n_repeats=5, random_state=3, batch_size=32, progress=False)
+    np.testing.assert_array_equal(res.confusion, ref.confusion)
+    assert res.channel_names == ["BF", "DNA", "SSC", "empty"]
+    assert "BF" in capsys.readouterr().out
+
+
+def test_cli_run_errors(tmp_path):
+    from pxpermute.cli import main
+
+    X, y, model, data, mpath = _write_inputs(tmp_path, "npz")
+    sd = tmp_path / "sd.pt"
+    torch.save(model.state_dict(), sd)
+    with pytest.raises(TypeError, match="state_dict"):
+        main(["run", "--model", str(sd), "--data", str(data), "--out", str(tmp_path / "o"), "--quiet"])
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, images=X)
+    with pytest.raises(ValueError, match="'X'"):
+        main(["run", "--model", str(mpath), "--data", str(bad), "--out", str(tmp_path / "o"), "--quiet"])
+    with pytest.raises(FileNotFoundError):
+        main(["run", "--model", str(tmp_path / "nope.pt"), "--data", str(data), "--out", str(tmp_path / "o")])
+
+
+@pytest.mark.slow
+def test_torchrun_cli_two_processes(tmp_path):
+    from pxpermute.result import ImportanceResult
+
+    X, y, model, data, mpath = _write_inputs(tmp_path, "h5")
+    out = tmp_path / "res"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "pxpermute", "run", "--model", str(mpath), "--data", str(data), "--k", "4", "--seed", "1",
+           "--batch-size", "32", "--out", str(out), "--quiet"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = ImportanceResult.load(out)
+    ref = channel_importance(model, (X, y), n_repeats=4, random_state=1, batch_size=32, progress=False)
+    np.testing.assert_array_equal(res.confusion, ref.confusion)
+    assert res.info["world_size"] == 2
+
+
+def test_checkpoint_roundtrip_with_pooled_extras(tmp_path):
+    rng = np.random.default_rng(0)
+    fp = {"random_state": 1, "units": [[0], [1]]}
+    base, conf = rng.integers(0, 9, (3, 3)), rng.integers(0, 9, (5, 2, 3, 3))
+    boot = {"baseline": rng.integers(0, 9, (7, 3, 3)), "confusion": rng.integers(0, 9, (7, 2, 3, 3))}
+    scale.save_checkpoint(tmp_path / "x", fp, base, conf, 123, extras=boot)
+    st = scale.load_checkpoint(tmp_path / "x", fp)
+    np.testing.assert_array_equal(st["baseline"], base)
+    np.testing.assert_array_equal(st["confusion"], conf)
+    for k in boot:
+        np.testing.assert_array_equal(st["extras"][k], boot[k])
+    assert st["n_forward_images"] == 123 and st["header"]["repeats_done"] == 5
+    with pytest.raises(CheckpointError, match="random_state: 1 vs 2"):
+        scale.load_checkpoint(tmp_path / "x", {**fp, "random_state": 2})
