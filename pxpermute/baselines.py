@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import copy
 import time
+import warnings
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -314,6 +315,7 @@ def _prepare(model: Any, method: str, n_channels: int, image_shape: tuple[int, i
 # attribution importance
 # -----------------------------------------------------------------------------
 _REDUCERS = ("median", "mean", "sum")
+_CAPTUM_NOTES = ("Setting forward, backward hooks", "Setting backward hooks on ReLU", "Input Tensor 0 did not already")
 
 
 def _reduce_pixels(attr: np.ndarray, how: str) -> np.ndarray:
@@ -517,60 +519,63 @@ def attribution_importance(
     bar = tqdm(total=int(np.ceil(len(indices) / batch_size)), disable=not progress,
                desc=METHOD_NAMES[key], unit="batch")
     pos = 0
-    try:
-        for idx, x_np, y_np in src.blocks(indices, int(batch_size)):
-            x = torch.from_numpy(np.ascontiguousarray(x_np)).to(dev)
-            if not bool(torch.isfinite(x).all()):
-                raise ValueError("images contain NaN or inf values; clean or impute them before computing importances")
-            with torch.no_grad():
-                if pre is not None:
-                    x = pre(x)
-                logits = net(x) if (target == "prediction" or key in ("integrated_gradients", "deeplift", "lrp")) else None
-            if target == "prediction":
-                tgt = logits.argmax(dim=1)
-            else:
-                tgt = torch.as_tensor(np.asarray(y_np, dtype=np.int64), device=dev)
-            x = x.detach().clone().requires_grad_(True)
-            delta = None
-            expected = None
-            if key == "integrated_gradients":
-                ref = torch.full_like(x, float(baseline))
-                attr, delta = explainer.attribute(x, baselines=ref, target=tgt, n_steps=int(n_steps),
-                                                  internal_batch_size=int(batch_size), return_convergence_delta=True)
+    with warnings.catch_warnings():
+        for msg in _CAPTUM_NOTES:  # captum's notes about its own (temporary) hooks
+            warnings.filterwarnings("ignore", message=msg, category=UserWarning)
+        try:
+            for idx, x_np, y_np in src.blocks(indices, int(batch_size)):
+                x = torch.from_numpy(np.ascontiguousarray(x_np)).to(dev)
+                if not bool(torch.isfinite(x).all()):
+                    raise ValueError("images contain NaN or inf values; clean or impute them before computing importances")
                 with torch.no_grad():
-                    expected = logits.gather(1, tgt[:, None])[:, 0] - net(ref).gather(1, tgt[:, None])[:, 0]
-            elif key == "deeplift":
-                ref = torch.full_like(x, float(baseline))
-                attr, delta = explainer.attribute(x, baselines=ref, target=tgt, return_convergence_delta=True)
-                with torch.no_grad():
-                    expected = logits.gather(1, tgt[:, None])[:, 0] - net(ref).gather(1, tgt[:, None])[:, 0]
-            elif key == "guided_gradcam":
-                attr = explainer.attribute(x, target=tgt)
-            else:
-                _lrp_attach_rules(net)
-                attr, delta = explainer.attribute(x, target=tgt, return_convergence_delta=True)
-                expected = logits.gather(1, tgt[:, None])[:, 0]
-            a = attr.detach()
-            if a.shape != x.shape:
-                raise RuntimeError(f"{METHOD_NAMES[key]} returned attributions of shape {tuple(a.shape)} for input {tuple(x.shape)}")
-            if absolute:
-                a = a.abs()
-            a_np = a.cpu().numpy().astype(np.float64)
-            if not np.isfinite(a_np).all():
-                raise RuntimeError(f"{METHOD_NAMES[key]} produced NaN/inf attributions for images {idx[:5].tolist()}")
-            scores[pos : pos + len(idx)] = _reduce_pixels(a_np, reduce)
-            if delta is not None:
-                d = delta.detach().abs().cpu().numpy().astype(np.float64).reshape(-1)
-                e = expected.detach().abs().cpu().numpy().astype(np.float64).reshape(-1)
-                deltas.append(d / np.maximum(e, 1e-6))
-            pos += len(idx)
-            bar.update(1)
-    finally:
-        bar.close()
-        if key == "lrp":
-            for mod in net.modules():  # leave no rule behind on our copy
-                if hasattr(mod, "rule"):
-                    del mod.rule
+                    if pre is not None:
+                        x = pre(x)
+                    logits = net(x) if (target == "prediction" or key in ("integrated_gradients", "deeplift", "lrp")) else None
+                if target == "prediction":
+                    tgt = logits.argmax(dim=1)
+                else:
+                    tgt = torch.as_tensor(np.asarray(y_np, dtype=np.int64), device=dev)
+                x = x.detach().clone().requires_grad_(True)
+                delta = None
+                expected = None
+                if key == "integrated_gradients":
+                    ref = torch.full_like(x, float(baseline))
+                    attr, delta = explainer.attribute(x, baselines=ref, target=tgt, n_steps=int(n_steps),
+                                                      internal_batch_size=int(batch_size), return_convergence_delta=True)
+                    with torch.no_grad():
+                        expected = logits.gather(1, tgt[:, None])[:, 0] - net(ref).gather(1, tgt[:, None])[:, 0]
+                elif key == "deeplift":
+                    ref = torch.full_like(x, float(baseline))
+                    attr, delta = explainer.attribute(x, baselines=ref, target=tgt, return_convergence_delta=True)
+                    with torch.no_grad():
+                        expected = logits.gather(1, tgt[:, None])[:, 0] - net(ref).gather(1, tgt[:, None])[:, 0]
+                elif key == "guided_gradcam":
+                    attr = explainer.attribute(x, target=tgt)
+                else:
+                    _lrp_attach_rules(net)
+                    attr, delta = explainer.attribute(x, target=tgt, return_convergence_delta=True)
+                    expected = logits.gather(1, tgt[:, None])[:, 0]
+                a = attr.detach()
+                if a.shape != x.shape:
+                    raise RuntimeError(f"{METHOD_NAMES[key]} returned attributions of shape {tuple(a.shape)} for input {tuple(x.shape)}")
+                if absolute:
+                    a = a.abs()
+                a_np = a.cpu().numpy().astype(np.float64)
+                if not np.isfinite(a_np).all():
+                    raise RuntimeError(f"{METHOD_NAMES[key]} produced NaN/inf attributions for images {idx[:5].tolist()}")
+                scores[pos : pos + len(idx)] = _reduce_pixels(a_np, reduce)
+                if delta is not None:
+                    d = delta.detach().abs().cpu().numpy().astype(np.float64).reshape(-1)
+                    e = expected.detach().abs().cpu().numpy().astype(np.float64).reshape(-1)
+                    deltas.append(d / np.maximum(e, 1e-6))
+                pos += len(idx)
+                bar.update(1)
+        finally:
+            bar.close()
+            if key == "lrp":
+                for mod in net.modules():  # leave no rule behind on our copy
+                    if hasattr(mod, "rule"):
+                        del mod.rule
 
     info: dict[str, Any] = {
         "method": key,
@@ -712,8 +717,6 @@ def compare_methods(
     >>> list(res)
     ['Occlusion', 'LRP']
     """
-    import warnings
-
     if errors not in ("raise", "skip"):
         raise ValueError(f"errors must be 'raise' or 'skip', got {errors!r}")
     if isinstance(methods, str):

@@ -1,0 +1,257 @@
+"""Tests for pxpermute.evaluation (remove-and-retrain, retraining on channel subsets, ranking scores)
+and the remove-and-retrain / heatmap plots."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from pxpermute import ImportanceResult
+from pxpermute.datasets import GroundTruth, IFCDataset
+from pxpermute.evaluation import (
+    ROARResult,
+    ranking_channels,
+    remove_and_retrain,
+    retrain_scores,
+    score_ranking,
+    score_rankings,
+)
+
+TRAIN = dict(model="small_cnn", model_kwargs={"width": 4}, max_epochs=3, batch_size=8, lr=1e-2,
+             valid_fraction=None)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """3 channels, 16x16: class 'b' is brighter in 'sig' (learnt in a few steps); 'noise' is noise, 'empty' empty."""
+    rng = np.random.default_rng(0)
+    n = 48
+    y = np.arange(n) % 2
+    X = rng.random((n, 3, 16, 16)).astype(np.float32) * 0.3
+    X[:, 2] = 0.0
+    X[y == 1, 0] += 1.0
+    gt = GroundTruth([1.0, 0.0, 0.0], ["shape", "noise", "empty"])
+    return IFCDataset(X, y, channel_names=["sig", "noise", "empty"], class_names=["a", "b"], ground_truth=gt,
+                      name="tiny")
+
+
+@pytest.fixture(scope="module")
+def roar(tiny):
+    import pxpermute.training as training
+
+    calls = []
+    original = training.cross_validate
+
+    def counting(*args, **kwargs):
+        calls.append(tuple(kwargs["channels"]))
+        return original(*args, **kwargs)
+
+    training.cross_validate = counting
+    try:
+        res = remove_and_retrain(tiny, {"oracle": ["sig", "noise", "empty"], "reversed": ["empty", "noise", "sig"]},
+                                 n_splits=2, random_state=0, progress=False, **TRAIN)
+    finally:
+        training.cross_validate = original
+    return res, calls
+
+
+def test_remove_and_retrain_table(roar, tiny):
+    res, _ = roar
+    t = res.table
+    assert list(t.columns) == ["method", "fold", "n_removed", "n_channels", "channels", "removed", "f1_macro",
+                               "accuracy"]
+    assert res.methods == ["oracle", "reversed", "Random"]
+    assert len(t) == 3 * 3 * 2  # methods x steps (0, 1, 2) x folds
+    assert sorted(t.n_removed.unique().tolist()) == [0, 1, 2]
+    assert (t.n_channels == 3 - t.n_removed).all()
+    o = t[(t.method == "oracle") & (t.fold == 0)].set_index("n_removed")
+    assert o.loc[0, "channels"] == "sig,noise,empty" and o.loc[0, "removed"] == ""
+    assert o.loc[1, "removed"] == "empty" and o.loc[2, "channels"] == "sig"
+    r = t[(t.method == "reversed") & (t.fold == 0)].set_index("n_removed")
+    assert r.loc[1, "removed"] == "sig" and r.loc[2, "channels"] == "empty"
+    assert t.f1_macro.between(0, 1).all() and t.accuracy.between(0, 1).all()
+    assert sorted(res.rankings["Random"]) == sorted(tiny.channel_names)
+
+
+def test_oracle_curve_not_below_reversed(roar):
+    res, _ = roar
+    s = res.summary().set_index("method")
+    assert s.loc["oracle", "mean"] >= s.loc["reversed", "mean"]
+    curve = res.curve().set_index(["method", "n_removed"])
+    # with only the signal channel left the oracle keeps its score; without it the reversed ranking cannot
+    assert curve.loc[("oracle", 2), "mean"] > curve.loc[("reversed", 2), "mean"]
+
+
+def test_retraining_reuses_one_function_once_per_channel_set(roar):
+    res, calls = roar
+    distinct = {tuple(sorted(c.split(","))) for c in res.table.channels}
+    assert len(calls) == len(distinct) == res.params["n_trainings"]
+    # the full set (n_removed = 0) is shared by all methods: identical scores, trained once
+    full = res.table[res.table.n_removed == 0].pivot(index="fold", columns="method", values="f1_macro")
+    assert (full.nunique(axis=1) == 1).all()
+
+
+def test_summary_is_average_over_curve(roar):
+    res, _ = roar
+    t = res.table
+    s = res.summary().set_index("method")
+    for m in res.methods:
+        per_fold = [t[(t.method == m) & (t.fold == k)].f1_macro.mean() for k in (0, 1)]
+        assert s.loc[m, "mean"] == pytest.approx(np.mean(per_fold))
+        assert s.loc[m, "std"] == pytest.approx(np.std(per_fold, ddof=1))
+        assert s.loc[m, "ci_low"] <= s.loc[m, "mean"] <= s.loc[m, "ci_high"]
+    assert list(s["mean"]) == sorted(s["mean"], reverse=True)
+    assert res.per_fold_average().shape == (3, 2)
+    assert "oracle" in repr(res)
+
+
+def test_plot_remove_and_retrain_lines(roar):
+    from pxpermute.plotting import plot_remove_and_retrain
+
+    res, _ = roar
+    fig = plot_remove_and_retrain(res)
+    ax = fig.axes[0]
+    assert len(ax.get_lines()) == 3
+    assert len(ax.collections) == 3  # one CI band per method
+    assert "remove-and-retrain" in ax.get_title() and "tiny" in ax.get_title()
+    ref = pd.DataFrame([[0.9, 0.8, 0.7]], index=["oracle"], columns=[0, 1, 2])
+    fig2 = plot_remove_and_retrain(res, reference=ref, ci=False)
+    assert len(fig2.axes[0].get_lines()) == 4
+    assert len(fig2.axes[0].collections) == 0
+    with pytest.raises(TypeError, match="ROARResult"):
+        plot_remove_and_retrain(res.table)
+
+
+def test_remove_and_retrain_accepts_importance_results_and_steps(tiny, monkeypatch):
+    import pxpermute.training as training
+
+    seen = []
+
+    def fake_cv(ds, *, n_splits, channels, random_state, progress, **kw):
+        # records the channel sets; returns scores = fraction of channels kept (no training needed here)
+        seen.append(list(channels))
+        from types import SimpleNamespace
+
+        f = len(channels) / ds.n_channels
+        return SimpleNamespace(n_splits=n_splits, f1_macro=np.full(n_splits, f), accuracy=np.full(n_splits, f),
+                               test_indices=[np.arange(3)] * n_splits, class_names=ds.class_names,
+                               f1_per_class=np.full((n_splits, 2), f))
+
+    monkeypatch.setattr(training, "cross_validate", fake_cv)
+    imp = ImportanceResult([[0.1, 0.5, 0.0]], channel_names=tiny.channel_names, info={"method": "pxpermute"})
+    res = remove_and_retrain(tiny, {"PXPermute": imp, "idx": [0, 2, 1]}, steps=[2, 0], include_random=False,
+                             n_splits=3, progress=False)
+    assert res.rankings["PXPermute"] == ["noise", "sig", "empty"]
+    assert res.rankings["idx"] == ["sig", "empty", "noise"]
+    assert sorted(res.table.n_removed.unique().tolist()) == [0, 2]
+    assert len(res.table) == 2 * 2 * 3
+    last = res.table[(res.table.method == "PXPermute") & (res.table.n_removed == 2)]
+    assert (last.channels == "noise").all() and np.allclose(last.f1_macro, 1 / 3)
+    assert sorted(map(tuple, seen)) == [(0,), (0, 1, 2), (1,)]
+
+    with pytest.raises(ValueError, match="every channel once"):
+        remove_and_retrain(tiny, {"bad": ["sig", "noise"]}, progress=False)
+    with pytest.raises(ValueError, match="duplicates"):
+        remove_and_retrain(tiny, {"bad": ["sig", "sig", "noise"]}, progress=False)
+    with pytest.raises(ValueError, match=r"steps must lie in \[0, 2\]"):
+        remove_and_retrain(tiny, {"a": [0, 1, 2]}, steps=[3], progress=False)
+    with pytest.raises(ValueError, match="already called 'Random'"):
+        remove_and_retrain(tiny, {"Random": [0, 1, 2]}, progress=False)
+    with pytest.raises(TypeError, match="mapping"):
+        remove_and_retrain(tiny, [[0, 1, 2]], progress=False)
+    grouped = ImportanceResult([[0.1, 0.2]], channel_names=["g1", "g2"], groups={"g1": ["sig"], "g2": ["noise", "empty"]})
+    with pytest.raises(ValueError, match="groups"):
+        remove_and_retrain(tiny, {"g": grouped}, progress=False)
+
+
+def test_retrain_scores_subsets(tiny):
+    quick = {**TRAIN, "max_epochs": 1}
+    df = retrain_scores(tiny, {"all": ["sig", "noise", "empty"], "sig": ["sig"], "again": [0, 2, 1]}, n_splits=2,
+                        random_state=0, per_class=True, progress=False, **quick)
+    assert list(df.columns[:7]) == ["subset", "fold", "n_channels", "channels", "f1_macro", "accuracy", "n_test"]
+    assert {"f1[a]", "f1[b]"} <= set(df.columns)
+    assert df.subset.tolist() == ["all", "all", "sig", "sig", "again", "again"]
+    # the same channel set in another order is the same model (trained once, data-set order)
+    np.testing.assert_array_equal(df[df.subset == "all"].f1_macro, df[df.subset == "again"].f1_macro)
+    assert len(df.attrs["cv_results"]) == 2
+    assert df.n_test.sum() == 3 * len(tiny)
+    unnamed = retrain_scores(tiny, [["sig"]], n_splits=2, random_state=0, progress=False, **quick)
+    assert unnamed.subset.tolist() == ["sig", "sig"]
+    np.testing.assert_array_equal(unnamed.f1_macro, df[df.subset == "sig"].f1_macro)
+    with pytest.raises(ValueError, match="empty"):
+        retrain_scores(tiny, {"none": []}, progress=False)
+    with pytest.raises(ValueError, match="unknown channel"):
+        retrain_scores(tiny, {"x": ["DNA"]}, progress=False)
+    with pytest.raises(TypeError, match="mapping"):
+        retrain_scores(tiny, "sig", progress=False)
+
+
+def test_ranking_channels():
+    names = ["A", "B", "C"]
+    assert ranking_channels(["B", 0, "C"], names) == ["B", "A", "C"]
+    res = ImportanceResult([[0.1, 0.3, 0.2]], channel_names=names)
+    assert ranking_channels(res, names) == ["B", "C", "A"]
+    with pytest.raises(ValueError, match="does not have"):
+        ranking_channels(ImportanceResult([[0.1, 0.3, 0.2]], channel_names=["A", "B", "X"]), names)
+    with pytest.raises(TypeError, match="sequence"):
+        ranking_channels("ABC", names)
+
+
+def test_score_ranking():
+    rel = [0.8, 0.0, 0.4, 0.0]
+    names = ["BF", "Noise", "DNA", "Empty"]
+    best = score_ranking(["BF", "DNA", "Noise", "Empty"], rel, channel_names=names)
+    assert best["k"] == 2 and best["top_k_hit_rate"] == 1.0
+    assert best["spearman"] > 0.8
+    worst = score_ranking(["Empty", "Noise", "DNA", "BF"], rel, channel_names=names)
+    assert worst["top_k_hit_rate"] == 0.0 and worst["spearman"] < -0.8
+    half = score_ranking(["BF", "Noise", "DNA", "Empty"], rel, channel_names=names)
+    assert half["top_k_hit_rate"] == 0.5
+    # ties at the cut-off: either zero-relevance channel in the top 3 is a hit
+    assert score_ranking(["BF", "DNA", "Empty", "Noise"], rel, channel_names=names, k=3)["top_k_hit_rate"] == 1.0
+    # an ImportanceResult is scored by its importance values
+    res = ImportanceResult([[0.9, 0.0, 0.5, 0.1]], channel_names=names)
+    s = score_ranking(res, GroundTruth(rel, ["shape", "noise", "shape", "empty"]))
+    assert s["top_k_hit_rate"] == 1.0 and s["spearman"] == pytest.approx(0.9486832980505138)
+    with pytest.raises(ValueError, match="k must be"):
+        score_ranking(res, rel, k=0)
+    with pytest.raises(ValueError, match="no planted ground truth"):
+        score_ranking(res, IFCDataset(np.zeros((2, 4, 8, 8)), [0, 1]))
+    with pytest.raises(ValueError, match="relevance"):
+        score_ranking(res, [[0.1, 0.2]])
+
+
+def test_score_rankings_with_pixel_view():
+    from pxpermute.datasets.synthetic import make_synthetic
+
+    ds = make_synthetic("default", n_samples=16, image_size=16, random_state=0)
+    names = ds.channel_names
+    roles = ds.ground_truth.roles
+    intensity = names[roles.index("intensity")]
+    # a ranking that puts the intensity-only channel last is perfect for what pixel permutation can see
+    order = [names[i] for i in np.argsort(-np.where(np.array(roles) == "intensity", -1.0, ds.ground_truth.relevance),
+                                         kind="stable")]
+    assert order[-1] == intensity
+    df = score_rankings({"pixel-view": order}, ds, perturbation="pixel")
+    full = score_rankings({"pixel-view": order}, ds)
+    assert df.loc[0, "top_k_hit_rate"] == 1.0
+    assert full.loc[0, "top_k_hit_rate"] < 1.0  # the full truth counts the intensity channel as relevant
+    assert df.loc[0, "ranking"].split(", ") == order
+    assert list(df.columns) == ["method", "spearman", "top_k_hit_rate", "k", "ranking"]
+
+
+def test_plot_method_heatmap(roar):
+    from pxpermute.plotting import plot_method_heatmap
+
+    res, _ = roar
+    fig = plot_method_heatmap({"tiny": res, "tiny again": res})
+    ax = fig.axes[0]
+    assert ax.collections[0].get_array().size == 3 * 2
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["tiny", "tiny again"]
+    scores = pd.DataFrame({"method": ["A", "B"], "spearman": [0.5, -0.2]})
+    fig = plot_method_heatmap({"d1": scores, "d2": scores, "d3": scores}, value="spearman", center=0)
+    assert fig.axes[0].collections[0].get_array().size == 2 * 3
+    tidy = pd.DataFrame({"method": ["A", "A", "B"], "dataset": ["x", "y", "x"], "value": [1.0, 2.0, 3.0]})
+    assert plot_method_heatmap(tidy).axes[0].collections[0].get_array().size == 4  # NaN cell for (B, y)
+    with pytest.raises(TypeError, match="ROARResult"):
+        plot_method_heatmap({"d": [1, 2]})
+    with pytest.raises(ValueError, match="column 'auc'"):
+        plot_method_heatmap({"d": scores}, value="auc")
