@@ -20,6 +20,8 @@ __all__ = ["plot_importance", "plot_per_class", "plot_montage"]
 
 def _norm_ci(res, normalized: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     val, lo, hi = res.importance, res.ci_low, res.ci_high
+    if getattr(res, "bootstrap_ci_low", None) is not None:  # the test-image bootstrap interval, when the run has one
+        lo, hi = res.bootstrap_ci_low, res.bootstrap_ci_high
     if not normalized:
         return val, lo, hi
     vmin, vmax = np.nanmin(val), np.nanmax(val)
@@ -30,6 +32,10 @@ def _norm_ci(res, normalized: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]
 def plot_importance(results, ax=None, *, normalized: bool = True, sort: bool = True, labels: Sequence[str] | None = None,
                     title: str | None = None, ground_truth=None):
     """Bar plot of channel importances with 95 % CIs (Fig. 3 style).
+
+    Error bars are the bootstrap interval over test images when the result has
+    one (``channel_importance(..., n_bootstrap=...)``), else the t-interval of
+    the mean over repeats (built on the standard error ``std / sqrt(k)``).
 
     Parameters
     ----------
@@ -96,14 +102,22 @@ def plot_importance(results, ax=None, *, normalized: bool = True, sort: bool = T
     return fig
 
 
-def plot_per_class(result, ax=None, *, title: str | None = None, cmap: str = "rocket_r"):
-    """Heatmap of the mean drop per (channel, class): which stain matters for which cell type."""
+def plot_per_class(result, ax=None, *, title: str | None = None, cmap: str = "rocket_r", alpha: float | None = 0.05):
+    """Heatmap of the mean drop per (channel, class): which stain matters for which cell type.
+
+    With a bootstrap in the result (``n_bootstrap > 0``), cells whose per-class
+    one-sided bootstrap p-value is below ``alpha`` get a ``*`` (``alpha=None``: no marks).
+    """
     table: pd.DataFrame = result.per_class()
     if ax is None:
         fig, ax = plt.subplots(figsize=(1.0 + 0.7 * table.shape[1], 1.0 + 0.45 * table.shape[0]))
     else:
         fig = ax.figure
-    sns.heatmap(table, annot=table.shape[0] * table.shape[1] <= 150, fmt=".2f", cmap=cmap, ax=ax,
+    annot, fmt = table.shape[0] * table.shape[1] <= 150, ".2f"
+    if annot and alpha is not None and getattr(result, "class_p_values", None) is not None:
+        stars = np.where(result.per_class("p_value").to_numpy() < alpha, "*", "")
+        annot, fmt = np.char.add(np.char.mod("%.2f", table.to_numpy(dtype=float)), stars), ""
+    sns.heatmap(table, annot=annot, fmt=fmt, cmap=cmap, ax=ax,
                 cbar_kws={"label": f"drop in {result.info.get('metric', 'metric')}"})
     ax.set_xlabel("class")
     ax.set_ylabel("channel")
