@@ -165,6 +165,12 @@ def test_ignored_channel_not_significant_informative_channel_tiny_p():
         assert col in df.columns
     assert df.set_index("channel").loc["noise", "p_value"] == 1.0
     assert "bootstrap" in res.summary() and "P(rank)" in res.summary()
+    # the bar plot's error bars are the bootstrap interval
+    fig = res.plot(normalized=False, sort=False)
+    errbar = next(c for c in fig.axes[0].containers if type(c).__name__ == "ErrorbarContainer")
+    segs = errbar.lines[2][0].get_segments()
+    np.testing.assert_allclose([sg[0][1] for sg in segs], res.bootstrap_ci_low)
+    np.testing.assert_allclose([sg[1][1] for sg in segs], res.bootstrap_ci_high)
 
 
 def test_bootstrap_ci_of_binomial_accuracy_matches_analytic_interval():
@@ -341,6 +347,8 @@ def test_per_class_table_and_heatmap_show_a_stain_that_matters_for_one_class_onl
     fig = plot_per_class(res)
     mesh = fig.axes[0].collections[0]
     np.testing.assert_allclose(np.asarray(mesh.get_array()).reshape(3, 3), table.to_numpy())
+    texts = [t.get_text() for t in fig.axes[0].texts]  # row-major: stainA/A, stainA/B, ...
+    assert texts[0].endswith("*") and not texts[1].endswith("*")  # significant marks from per-class p-values
     with pytest.raises(ValueError, match="per-class value"):
         res.per_class("nope")
 
