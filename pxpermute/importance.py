@@ -572,8 +572,6 @@ def channel_importance(
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, (int, np.integer)) or n_bootstrap < 0:
         raise ValueError(f"n_bootstrap must be a non-negative integer (0 = no bootstrap), got {n_bootstrap!r}")
-    if n_bootstrap and checkpoint is not None:
-        raise ValueError("n_bootstrap > 0 cannot be combined with checkpoint= yet (checkpoints hold no bootstrap counts)")
     confidence = _check_confidence(confidence)
     if max_samples is not None:
         resolve_max_samples(max_samples, 1)  # type/range check before any data are read

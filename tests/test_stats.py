@@ -254,6 +254,20 @@ def test_bootstrap_independent_of_batch_size_and_chunks_and_survives_save_load_r
     assert plain.p_values is None and plain.n_bootstrap == 0 and "p_value" not in plain.to_frame().columns
 
 
+def test_bootstrap_counts_resume_from_a_checkpoint(tmp_path):
+    X, y, _, K = ramp_task(n=60)
+    kw = dict(n_bootstrap=32, chunk_repeats=2, **FAST)
+    fresh = channel_importance(RampModel(), (X, y), n_repeats=6, **kw)
+    ck = tmp_path / "run.ckpt"
+    first = channel_importance(RampModel(), (X, y), n_repeats=4, checkpoint=ck, **kw)
+    assert first.n_bootstrap == 32
+    resumed = channel_importance(RampModel(), (X, y), n_repeats=6, checkpoint=ck, **kw)
+    assert resumed.info["resumed_repeats"] == 4
+    np.testing.assert_array_equal(resumed.bootstrap_confusion, fresh.bootstrap_confusion)
+    np.testing.assert_array_equal(resumed.bootstrap_baseline_confusion, fresh.bootstrap_baseline_confusion)
+    np.testing.assert_array_equal(resumed.p_values, fresh.p_values)
+
+
 def test_bootstrap_replicates_are_centred_on_the_reported_importance():
     X, y, names = two_copies(n=150)
     res = channel_importance(UseEither(), (X, y), channel_names=names, groups={"both": [0, 1], "noise": [2]},
@@ -373,5 +387,3 @@ def test_bad_options_raise_clear_errors(tmp_path):
         channel_importance(m, (X, y), max_samples="half", **FAST)
     with pytest.raises(TypeError, match="max_samples"):
         channel_importance(m, (X, y), max_samples=True, **FAST)
-    with pytest.raises(ValueError, match="checkpoint"):
-        channel_importance(m, (X, y), n_bootstrap=10, checkpoint=tmp_path / "ck", **FAST)
