@@ -387,3 +387,36 @@ def test_bad_options_raise_clear_errors(tmp_path):
         channel_importance(m, (X, y), max_samples="half", **FAST)
     with pytest.raises(TypeError, match="max_samples"):
         channel_importance(m, (X, y), max_samples=True, **FAST)
+
+
+# ---------------------------------------------------------------------------
+# distributed: two gloo ranks give the single-process bootstrap
+# ---------------------------------------------------------------------------
+def _boot_worker(rank, world, init_file, out_dir):
+    import os
+
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        X, y, _, K = ramp_task(n=90)
+        res = channel_importance(RampModel(), (X, y), n_repeats=4, n_bootstrap=40, max_samples=0.7, batch_size=9,
+                                 chunk_repeats=3, **FAST)
+        np.savez(os.path.join(out_dir, f"rank{rank}.npz"), bb=res.bootstrap_baseline_confusion,
+                 bc=res.bootstrap_confusion, p=res.p_values, n=res.info["n_samples"])
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_bootstrap_distributed_equals_single_process(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_boot_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    X, y, _, K = ramp_task(n=90)
+    ref = channel_importance(RampModel(), (X, y), n_repeats=4, n_bootstrap=40, max_samples=0.7, **FAST)
+    for r in range(2):
+        o = np.load(tmp_path / f"rank{r}.npz")
+        assert int(o["n"]) == ref.info["n_samples"] == 63
+        np.testing.assert_array_equal(o["bb"], ref.bootstrap_baseline_confusion)
+        np.testing.assert_array_equal(o["bc"], ref.bootstrap_confusion)
+        np.testing.assert_array_equal(o["p"], ref.p_values)
