@@ -96,7 +96,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "total intensity scores ~0 with PXPermute; the 'sample' column (channel swapped between cells) sees it."
     )
     fig = plot_importance(list(results.values()), labels=[f"{k} permutation" for k in results],
-                          ground_truth=gt, title=f"{ds.name}: {args.model}, k={args.k}, seed={args.seed}, "
+                          ground_truth=gt, normalized=False, title=f"{ds.name}: {args.model}, k={args.k}, seed={args.seed}, "
                           f"n_test={len(test_idx)}, test F1-macro={f1:.2f}")
     fig_path = out / "channel_importance.png"
     fig.savefig(fig_path, dpi=150)

@@ -95,7 +95,8 @@ def plot_importance(results, ax=None, *, normalized: bool = True, sort: bool = T
         if ground_truth is not None:
             h2, l2 = ax2.get_legend_handles_labels()
             handles, labs = handles + h2, labs + l2
-        ax.legend(handles, labs, fontsize="small", frameon=False)
+        ax.legend(handles, labs, fontsize="small", frameon=False, loc="upper center",
+                  bbox_to_anchor=(0.5, -0.22 if len(names) > 5 else -0.12), ncol=min(4, len(handles)))
     ax.set_title(title or results[0].title(), fontsize="small", wrap=True)
     sns.despine(ax=ax, right=ground_truth is None)
     fig.tight_layout()
@@ -446,5 +447,197 @@ def plot_method_heatmap(table, ax=None, *, value: str | None = None, title: str 
     ax.set_xlabel("data set")
     ax.set_ylabel("method")
     ax.set_title(title or "methods x data sets", fontsize="small", wrap=True)
+    fig.tight_layout()
+    return fig
+
+
+# -----------------------------------------------------------------------------
+# panel design (pxpermute.panel)
+# -----------------------------------------------------------------------------
+__all__ += ["plot_panel_comparison", "plot_panel_search", "plot_k_ablation", "plot_multistage"]
+
+
+def plot_panel_comparison(comparison, ax=None, *, metric: str = "f1_macro", title: str | None = None):
+    """Per-fold scores and mean with 95 % CI per panel (Fig. 5 style).
+
+    Parameters
+    ----------
+    comparison : PanelComparison
+        From :func:`pxpermute.panel.compare_panels`.
+    metric : {"f1_macro", "accuracy"}
+    title : str, optional
+        Default: data, folds, model, seed and ranking of the comparison.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    if metric not in ("f1_macro", "accuracy"):
+        raise ValueError(f"metric must be 'f1_macro' or 'accuracy', got {metric!r}")
+    summ = comparison.summary
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(1.6 + 1.2 * len(summ), 3.6))
+    else:
+        fig = ax.figure
+    x = np.arange(len(summ))
+    colors = sns.color_palette("colorblind", 3)
+    kind_color = {"stain-free": colors[0], "top-k": colors[1], "all": colors[2]}
+    scores = comparison.scores
+    for i, row in enumerate(summ.itertuples()):
+        vals = scores.loc[scores.panel == row.panel, metric].to_numpy(float)
+        jitter = np.linspace(-0.12, 0.12, len(vals)) if len(vals) > 1 else np.zeros(1)
+        ax.plot(x[i] + jitter, vals, "o", color="0.55", markersize=3.5, zorder=2)
+        mean, lo, hi = getattr(row, f"{metric}_mean"), getattr(row, f"{metric}_ci_low"), getattr(row, f"{metric}_ci_high")
+        err = np.array([[mean - lo], [hi - mean]]) if np.isfinite(lo) else None
+        ax.errorbar(x[i], mean, yerr=err, fmt="D", color=kind_color.get(row.kind, "black"), capsize=4,
+                    markersize=7, zorder=3)
+    tests = comparison.tests.set_index("panel") if len(comparison.tests) else None
+    if tests is not None and metric == "f1_macro":
+        top = scores[metric].max()
+        for i, row in enumerate(summ.itertuples()):
+            if row.panel in tests.index and tests.loc[row.panel, "significant"]:
+                ax.text(x[i], top + 0.02, "*", ha="center", fontsize=14)
+    ax.set_xticks(x)
+    ax.set_xticklabels([f"{p}\n({n} ch)" for p, n in zip(summ.panel, summ.n_channels)], fontsize="small")
+    ax.set_ylabel(metric.replace("_", "-") + " (CV folds, mean ± 95 % CI)")
+    t = title or comparison.title()
+    if tests is not None and metric == "f1_macro":
+        t += f"\n* significantly below all channels ({comparison.info['test']}, α={comparison.info['alpha']})"
+    ax.set_title(t, fontsize="small", wrap=True)
+    sns.despine(ax=ax)
+    fig.tight_layout()
+    return fig
+
+
+def plot_panel_search(minimal, ax=None, *, title: str | None = None):
+    """Cross-validated F1-macro along the minimal-panel search paths, with the tolerance band.
+
+    Parameters
+    ----------
+    minimal : MinimalPanel
+        From :func:`pxpermute.panel.minimal_panel`.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6.0, 3.8))
+    else:
+        fig = ax.figure
+    colors = sns.color_palette("colorblind", max(2, len(minimal.searches)))
+    for (name, search), color in zip(minimal.searches.items(), colors):
+        path = search.path
+        if path.empty:
+            continue
+        kept = path[path["chosen"]]
+        err = np.vstack([kept.f1_mean - kept.ci_low, kept.ci_high - kept.f1_mean])
+        err = np.where(np.isfinite(err), err, 0)
+        ax.errorbar(kept.n_stains + (0.06 if name == "greedy" else 0), kept.f1_mean, yerr=err, marker="o", color=color,
+                    capsize=3, label=f"{name} ({search.n_trainings} trainings)")
+        for r in kept.itertuples():
+            if r.added:
+                ax.annotate(r.added, (r.n_stains, r.f1_mean), textcoords="offset points", xytext=(4, -11 if name == "greedy" else 5),
+                            fontsize="x-small", color=color)
+        if name == "greedy":
+            others = path[~path["chosen"]]
+            ax.plot(others.n_stains + 0.06, others.f1_mean, "x", color=color, alpha=0.5, markersize=4)
+    ax.axhline(minimal.reference_score, color="black", linewidth=0.8, label="all channels")
+    ax.axhspan(minimal.threshold, minimal.reference_score, color="0.85", zorder=0, label=f"tolerance {minimal.tolerance:g}")
+    ax.set_xlabel("number of stains (+ stain-free channels)")
+    ax.set_ylabel("F1-macro (CV mean ± 95 % CI)")
+    ax.legend(fontsize="small", frameon=False)
+    ax.set_title(title or minimal.title(), fontsize="small", wrap=True)
+    sns.despine(ax=ax)
+    fig.tight_layout()
+    return fig
+
+
+def plot_k_ablation(ablation, *, title: str | None = None, max_channels: int = 12):
+    """Ranking stability over k: Kendall tau to the largest-k ranking, and each channel's rank.
+
+    Parameters
+    ----------
+    ablation : KAblation
+        From :func:`pxpermute.panel.k_ablation`.
+    max_channels : int, default 12
+        Channels drawn in the rank panel (the best ones at the largest k).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10.0, 3.8))
+    tau = ablation.kendall_tau
+    ax1.plot(tau.index, tau.values, "o-", color="black")
+    ax1.axvline(ablation.stable_k, color="crimson", linestyle="--", linewidth=1,
+                label=f"ranking{'' if ablation.top is None else f' (top {ablation.top})'} stable from k={ablation.stable_k}")
+    ax1.set_xscale("log")
+    ax1.set_xlabel("k (repeats)")
+    ax1.set_ylabel(f"Kendall τ to k={max(ablation.ks)}")
+    ax1.legend(fontsize="small", frameon=False)
+    tab = ablation.table
+    final = tab[tab.k == max(ablation.ks)].sort_values("rank")
+    chans = final.channel.tolist()[:max_channels]
+    colors = sns.color_palette("husl", len(chans))
+    for ch, color in zip(chans, colors):
+        sub = tab[tab.channel == ch].sort_values("k")
+        ax2.plot(sub.k, sub["rank"], "o-", color=color, label=ch, markersize=3)
+    ax2.set_xscale("log")
+    ax2.invert_yaxis()
+    ax2.set_xlabel("k (repeats)")
+    ax2.set_ylabel("rank (1 = most important)")
+    ax2.legend(fontsize="x-small", frameon=False, ncol=2 if len(chans) > 6 else 1, loc="center left",
+               bbox_to_anchor=(1.0, 0.5))
+    sns.despine(fig=fig)
+    fig.suptitle(title or ablation.title(), fontsize="small", wrap=True)
+    fig.tight_layout()
+    return fig
+
+
+def plot_multistage(design, *, title: str | None = None, ground_truth=None):
+    """Importance of every marker per stage of a multi-stage design; selected markers highlighted.
+
+    Parameters
+    ----------
+    design : MultiStageResult
+        From :func:`pxpermute.panel.multistage_design`.
+    ground_truth : mapping marker -> relevance, optional
+        Planted relevance (default: the design's, when the data set had one);
+        informative markers get a red marker under their bar.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    table = design.table
+    stages = list(dict.fromkeys(table.stage))
+    truth = ground_truth if ground_truth is not None else design.info.get("ground_truth")
+    widths = [max(2, (table.stage == s).sum()) for s in stages]
+    fig, axes = plt.subplots(1, len(stages), figsize=(1.2 + 0.42 * sum(widths), 3.6), sharey=False,
+                             gridspec_kw={"width_ratios": widths})
+    axes = np.atleast_1d(axes)
+    colors = sns.color_palette("colorblind", 2)
+    for ax, stage in zip(axes, stages):
+        sub = table[table.stage == stage].sort_values("rank")
+        x = np.arange(len(sub))
+        err = np.vstack([sub.importance - sub.ci_low, sub.ci_high - sub.importance])
+        err = np.where(np.isfinite(err), err, 0)
+        ax.bar(x, sub.importance, yerr=err, capsize=2, edgecolor="black", linewidth=0.4,
+               color=[colors[1] if s else "0.8" for s in sub.selected])
+        ax.set_xticks(x)
+        ax.set_xticklabels(sub.marker, rotation=90, fontsize="small")
+        if truth:
+            informative = [m for m in sub.marker if truth.get(m, 0) > 0]
+            xs = [i for i, m in enumerate(sub.marker) if m in informative]
+            ax.plot(xs, [0] * len(xs), "^", color="crimson", markersize=6, clip_on=False,
+                    label="planted informative")
+        ax.axhline(0, color="black", linewidth=0.6)
+        ax.set_title(stage, fontsize="small")
+        sns.despine(ax=ax)
+    axes[0].set_ylabel("importance")
+    if truth:
+        axes[0].legend(fontsize="x-small", frameon=False)
+    fig.suptitle(title or design.title(), fontsize="small", wrap=True)
     fig.tight_layout()
     return fig
