@@ -265,18 +265,24 @@ def _resolve_units(groups: Any, channel_names: list[str]) -> tuple[list[list[int
         return [[c] for c in range(len(channel_names))], list(channel_names), None
     if isinstance(groups, Mapping):
         items = list(groups.items())
+    elif isinstance(groups, (str, bytes)) or not isinstance(groups, (Sequence, np.ndarray)):
+        raise TypeError("groups must be a mapping name -> channels or a list of channel lists, "
+                        f"got {type(groups).__name__}")
     else:
-        items = [("+".join(str(g) for g in grp) if not isinstance(grp, (str, int)) else str(grp), grp) for grp in groups]
+        items = [(None, grp) for grp in groups]  # unnamed: named after their channels, joined by "+"
     if not items:
         raise ValueError("groups is empty")
     units, names, mapping = [], [], {}
     for name, grp in items:
         chans = resolve_channels(grp, channel_names)
         if not chans:
-            raise ValueError(f"group {name!r} has no channels")
+            raise ValueError(f"group {name if name is not None else grp!r} has no channels")
+        name = "+".join(channel_names[c] for c in chans) if name is None else str(name)
+        if name in mapping:
+            raise ValueError(f"two groups are named {name!r}; give each group a distinct name")
         units.append(chans)
-        names.append(str(name))
-        mapping[str(name)] = [channel_names[c] for c in chans]
+        names.append(name)
+        mapping[name] = [channel_names[c] for c in chans]
     return units, names, mapping
 
 

@@ -128,9 +128,15 @@ def test_grouped_copies_score_high_while_each_copy_alone_scores_zero():
 def test_groups_given_as_list_of_lists_and_overlapping_units():
     X, y, names = two_copies(n=60)
     res = channel_importance(UseEither(), (X, y), channel_names=names, groups=[["a", "a_copy"], [2]], n_repeats=2, **FAST)
-    assert res.channel_names == ["a+a_copy", "2"]
-    assert res.groups == {"a+a_copy": ["a", "a_copy"], "2": ["noise"]}
+    assert res.channel_names == ["a+a_copy", "noise"]  # unnamed groups are named after their channels
+    assert res.groups == {"a+a_copy": ["a", "a_copy"], "noise": ["noise"]}
     assert res.importance[0] > 0.3 and res.importance[1] == 0
+    with pytest.raises(ValueError, match="distinct name"):
+        channel_importance(UseEither(), (X, y), channel_names=names, groups=[[0, 1], ["a", "a_copy"]], **FAST)
+    with pytest.raises(TypeError, match="groups must be"):
+        channel_importance(UseEither(), (X, y), channel_names=names, groups="a", **FAST)
+    with pytest.raises(ValueError, match="no channels"):
+        channel_importance(UseEither(), (X, y), channel_names=names, groups={"empty": []}, **FAST)
 
 
 # ---------------------------------------------------------------------------
