@@ -524,7 +524,8 @@ def channel_importance(
         deterministic given ``random_state`` (:func:`pxpermute.stats.stratified_subsample`).
         ``result.info`` records the request, the samples used per class and the
         full size.  Data without stored labels (a plain torch Dataset) are read
-        once to find the labels.
+        once to find the labels.  With ``perturbation="sample"`` donor images
+        still come from the whole data set.
     adaptive : bool, dict or :class:`~pxpermute.scale.AdaptiveK`
         Adaptive k: add repeats in chunks and stop once the ranking is settled
         (adjacent units' confidence intervals separate or differ by less than a
@@ -562,6 +563,13 @@ def channel_importance(
     >>> res = channel_importance(model, (X, y), n_repeats=5, random_state=0, progress=False)
     >>> res.ranked_channels[0], res.importances.shape
     ('ch0', (5, 3))
+
+    Uncertainty over the test images (bootstrap) and a subsample of the test set:
+
+    >>> res = channel_importance(model, (X, y), n_repeats=5, n_bootstrap=99, max_samples=0.5,
+    ...                          random_state=0, progress=False)
+    >>> res.p_values.round(2), res.info["n_samples"]   # ch1, ch2 are ignored by the model
+    (array([0.01, 1.  , 1.  ]), 50)
     """
     t0 = time.perf_counter()
     if isinstance(n_repeats, bool) or not isinstance(n_repeats, (int, np.integer)):
