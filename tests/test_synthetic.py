@@ -217,6 +217,10 @@ def test_custom_spec_and_validation():
     with pytest.raises(ValueError, match="no parameter 'petals'"):
         make_synthetic(bad, n_samples=4)
     bad = copy.deepcopy(SYNTHETIC_PRESETS["default"])
+    bad["channels"][1]["params"] = {"lobes": 3}
+    with pytest.raises(ValueError, match="renders nothing that depends on the class"):
+        make_synthetic(bad, n_samples=4)
+    bad = copy.deepcopy(SYNTHETIC_PRESETS["default"])
     bad["factors"]["marker"] = [0, 1]
     with pytest.raises(ValueError, match="one entry per class"):
         make_synthetic(bad, n_samples=4)

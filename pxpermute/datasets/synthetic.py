@@ -934,6 +934,13 @@ def make_synthetic(
     [0.43, 0.62]
     """
     name, spec = _resolve_preset(preset)
+    rel = _planted_relevance(spec)
+    for ch, r in zip(spec["channels"], rel):
+        if ch["role"] in ("shape", "texture", "marker", "intensity") and r <= 0:
+            raise ValueError(
+                f"channel {ch['name']!r} has role {ch['role']!r} but renders nothing that depends on the class; "
+                "bind one of its parameters, its cells or (intensity) its gain to a factor, or call it 'noise'"
+            )
     if n_samples is None:
         n_samples = int(spec["n_samples"])
     if isinstance(n_samples, (bool, np.bool_)) or not isinstance(n_samples, (int, np.integer)):
@@ -1020,7 +1027,6 @@ def make_synthetic(
                 img = clean[ch["source"]] * ch["copy_gain"]
                 images[idx, ci] = _add_noise(img, ch, crng)
 
-    rel = _planted_relevance(spec)
     gt = GroundTruth(rel, _roles(spec), _notes(spec, rel, name))
     provenance = {
         "source": "synthetic",
