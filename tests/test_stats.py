@@ -426,3 +426,14 @@ def test_bootstrap_distributed_equals_single_process(tmp_path):
         np.testing.assert_array_equal(o["bb"], ref.bootstrap_baseline_confusion)
         np.testing.assert_array_equal(o["bc"], ref.bootstrap_confusion)
         np.testing.assert_array_equal(o["p"], ref.p_values)
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import pxpermute.importance
+    import pxpermute.stats
+
+    for mod in (pxpermute.stats, pxpermute.importance):
+        out = doctest.testmod(mod, optionflags=doctest.NORMALIZE_WHITESPACE)
+        assert out.attempted > 0 and out.failed == 0, mod.__name__
