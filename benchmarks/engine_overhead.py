@@ -5,7 +5,8 @@ For each (C, H, W, k) configuration, times
   (b) the bare forward passes of the same model over the same number of images, N * (1 + C * k),
       in batches of the same size, on a pre-made tensor (no data handling at all)
 in one process, interleaved (a, b, a, b ...), and prints JSON with the ratio a / b (best of `--rounds`).
-Run:  python benchmarks/engine_overhead.py [--device cuda] [--quick]
+Run:  python benchmarks/engine_overhead.py [--device cuda] [--amp] [--channels-last] [--quick] [--out FILE]
+(--amp / --channels-last apply to both the engine and the bare forward passes.)
 """
 from __future__ import annotations
 
@@ -27,11 +28,17 @@ def resnet18(c: int, k: int) -> torch.nn.Module:
     return m
 
 
-def pure_forward(model, n_images: int, batch: int, shape, device) -> float:
+def pure_forward(model, n_images: int, batch: int, shape, device, amp: bool = False,
+                 channels_last: bool = False) -> float:
+    import contextlib
+
     x = torch.randn(batch, *shape, device=device)
+    if channels_last and device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    ctx = torch.autocast("cuda", dtype=torch.bfloat16) if amp and device.type == "cuda" else contextlib.nullcontext()
     done = 0
     t = time.perf_counter()
-    with torch.inference_mode():
+    with torch.inference_mode(), ctx:
         while done < n_images:
             b = min(batch, n_images - done)
             model(x[:b]).argmax(1)
@@ -47,6 +54,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--amp", action="store_true", help="bfloat16 autocast (CUDA only)")
+    ap.add_argument("--channels-last", action="store_true", help="channels-last memory format (CUDA only)")
+    ap.add_argument("--out", default=None, help="also write the JSON to this file")
     args = ap.parse_args()
     device = torch.device(args.device)
     if device.type == "cpu":
@@ -62,27 +72,30 @@ def main() -> None:
     if args.quick:
         configs = configs[:2]
     out = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
-           "cpu": platform.processor() or platform.machine(), "batch_size": args.batch_size, "results": []}
+           "cpu": platform.processor() or platform.machine(), "batch_size": args.batch_size,
+           "amp": args.amp, "channels_last": args.channels_last, "results": []}
     if device.type == "cuda":
         out["gpu"] = torch.cuda.get_device_name(0)
     for C, H, W, k, N in configs:
         torch.manual_seed(0)
         model = resnet18(C, 4).to(device).eval()
+        if args.channels_last and device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
         rng = np.random.default_rng(0)
         X = rng.random((N, C, H, W), dtype=np.float32)
         y = rng.integers(0, 4, N)
         n_img = N * (1 + C * k)
         channel_importance(model, (X[:8], y[:8]), n_repeats=1, progress=False, random_state=0)  # warm-up
-        pure_forward(model, args.batch_size, args.batch_size, (C, H, W), device)
+        pure_forward(model, args.batch_size, args.batch_size, (C, H, W), device, args.amp, args.channels_last)
         t_eng, t_fwd = [], []
         for _ in range(args.rounds):
             t = time.perf_counter()
             res = channel_importance(model, (X, y), n_repeats=k, batch_size=args.batch_size, progress=False,
-                                     random_state=0, device=device)
+                                     random_state=0, device=device, amp=args.amp, channels_last=args.channels_last)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             t_eng.append(time.perf_counter() - t)
-            t_fwd.append(pure_forward(model, n_img, args.batch_size, (C, H, W), device))
+            t_fwd.append(pure_forward(model, n_img, args.batch_size, (C, H, W), device, args.amp, args.channels_last))
             assert res.info["n_forward_images"] == n_img
         te, tf = min(t_eng), min(t_fwd)
         out["results"].append({"C": C, "H": H, "W": W, "k": k, "N": N, "forward_images": n_img,
@@ -90,6 +103,9 @@ def main() -> None:
                                "ratio": round(te / tf, 4), "engine_img_per_s": round(n_img / te, 1)})
         print(json.dumps(out["results"][-1]), flush=True)
     print(json.dumps(out, indent=2))
+    if args.out:
+        with open(args.out, "w") as fh:
+            fh.write(json.dumps(out, indent=2) + "\n")
 
 
 if __name__ == "__main__":
