@@ -491,9 +491,12 @@ def channel_importance(
         channel of the group independently, destroying their pixel-wise
         relation as well.  With ``sample`` a group's channels come from the same
         donor image; with ``fill`` all of them are filled.
-    batch_size : int
+    batch_size : int or "auto"
         Images per forward pass.  Blocks smaller than this stack several repeats
-        into one pass.  Does not change the result.
+        into one pass.  Does not change the result.  ``"auto"``: the largest
+        power of two that fits the GPU's memory (halved for headroom), or a
+        size bounded by the image size on CPU (see
+        :func:`pxpermute.scale.auto_batch_size`).
     random_state : int or None
         Seed.  Each permutation is a function of (seed, sample index, unit,
         repeat), so the result is bit-identical for any batch size.  ``None``
@@ -582,8 +585,9 @@ def channel_importance(
         raise ValueError(f"unknown metric {metric!r}; choose one of {sorted(METRICS)}")
     if aggregate not in ("mean", "median"):
         raise ValueError(f"aggregate must be 'mean' or 'median', got {aggregate!r}")
-    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if batch_size != "auto" and (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
+                                 or batch_size < 1):
+        raise ValueError(f"batch_size must be a positive integer or 'auto', got {batch_size!r}")
     if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, (int, np.integer)) or n_bootstrap < 0:
         raise ValueError(f"n_bootstrap must be a non-negative integer (0 = no bootstrap), got {n_bootstrap!r}")
     confidence = _check_confidence(confidence)
@@ -644,6 +648,10 @@ def channel_importance(
     R = 1 if perturbation in DETERMINISTIC else int(n_repeats)
     perturb = PERTURBATIONS[perturbation]
     seed = seed_words(random_state)
+    if isinstance(batch_size, str):  # "auto"
+        from .scale import auto_batch_size
+
+        batch_size = auto_batch_size(pred_fn, (C, H, W), n_classes=K)
 
     ctx = PerturbContext(seed, src.n, fetch=src.fetch, fill_value=fill_value,
                          shared_group_permutation=shared_group_permutation)

@@ -60,6 +60,7 @@ __all__ = [
     "load_model",
     "load_data",
     "runtime_vs_loco",
+    "auto_batch_size",
 ]
 
 CHECKPOINT_MAGIC = b"PXPERMUTE-CHECKPOINT\n"
@@ -794,3 +795,55 @@ def runtime_vs_loco(
         out.update(pxpermute_adaptive_s_per_fold=float(np.mean(pxa_s)), adaptive_k_used=pxa_k,
                    speedup_adaptive=loco / float(np.mean(pxa_s)))
     return out
+
+
+# -----------------------------------------------------------------------------
+# batch size
+# -----------------------------------------------------------------------------
+def auto_batch_size(predictor: Any, image_shape: tuple[int, int, int], *, n_classes: int, max_size: int = 4096,
+                    cpu_bytes: int = 64 << 20) -> int:
+    """A batch size for the engine that fits the device.
+
+    On CUDA: the largest power of two up to ``max_size`` for which one forward
+    pass plus the permutation buffers (three int64 tensors of one key per
+    pixel) fit in free GPU memory, found by trying and backing off on
+    out-of-memory, then halved for headroom.  Elsewhere: the largest power of
+    two (16 ... 256) whose input batch stays under ``cpu_bytes`` -- CPU
+    throughput no longer grows beyond a few hundred images.
+
+    Parameters
+    ----------
+    predictor
+        The engine's wrapped model (:func:`pxpermute.importance.as_predictor`).
+    image_shape : (C, H, W)
+    n_classes : int
+
+    Examples
+    --------
+    >>> from pxpermute.importance import as_predictor
+    >>> import torch
+    >>> auto_batch_size(as_predictor(torch.nn.Flatten()), (8, 128, 128), n_classes=2)
+    128
+    """
+    C, H, W = (int(v) for v in image_shape)
+    device = torch.device(getattr(predictor, "device", "cpu"))
+    if device.type != "cuda":
+        per = C * H * W * 4
+        b = 256
+        while b > 16 and b * per > cpu_bytes:
+            b //= 2
+        return b
+    b = 1 << int(math.floor(math.log2(max(1, max_size))))
+    while b >= 1:
+        try:
+            x = torch.zeros((b, C, H, W), device=device)
+            buf = torch.empty((3, b, H * W), dtype=torch.int64, device=device)
+            predictor.raw(x)
+            del x, buf
+            torch.cuda.synchronize(device)
+            torch.cuda.empty_cache()
+            return max(1, b // 2)
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            b //= 2
+    raise RuntimeError("not even one image fits in GPU memory")

@@ -383,3 +383,18 @@ def test_checkpoint_roundtrip_with_pooled_extras(tmp_path):
     assert st["n_forward_images"] == 123 and st["header"]["repeats_done"] == 5
     with pytest.raises(CheckpointError, match="random_state: 1 vs 2"):
         scale.load_checkpoint(tmp_path / "x", {**fp, "random_state": 2})
+
+
+def test_auto_batch_size_gives_identical_result():
+    from pxpermute.importance import as_predictor
+
+    X, y = _data(48)
+    ref = channel_importance(_rule_model, (X, y), n_repeats=3, random_state=0, progress=False, batch_size=5)
+    auto = channel_importance(_rule_model, (X, y), n_repeats=3, random_state=0, progress=False, batch_size="auto")
+    np.testing.assert_array_equal(auto.confusion, ref.confusion)
+    assert auto.info["batch_size"] == 256
+    # large images get smaller CPU batches (bounded input bytes)
+    assert scale.auto_batch_size(as_predictor(_rule_model), (8, 128, 128), n_classes=3) == 128
+    assert scale.auto_batch_size(as_predictor(_rule_model), (12, 512, 512), n_classes=3) == 16
+    with pytest.raises(ValueError, match="'auto'"):
+        channel_importance(_rule_model, (X, y), n_repeats=3, progress=False, batch_size="big")
