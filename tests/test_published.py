@@ -180,6 +180,12 @@ def test_apoptotic_wrong_layout_raises(tmp_path, kwargs, match):
         load_apoptotic(path)
 
 
+def test_apoptotic_one_hot_labels(tmp_path):
+    y = np.arange(12) % 2
+    write_x_m1(tmp_path / "X_M1.h5", y=np.eye(2, dtype=np.uint8)[y])
+    np.testing.assert_array_equal(load_apoptotic(tmp_path / "X_M1.h5").labels, y)
+
+
 def test_apoptotic_missing_datasets(tmp_path):
     path = tmp_path / "X_M1.h5"
     with h5py.File(path, "w") as fh:

@@ -318,7 +318,10 @@ def load_apoptotic(
         shape = tuple(fh["X"].shape)
         if len(shape) != 4:
             raise ValueError(f"{p}:X must be 4-D (N, 2, H, W) or (N, H, W, 2); got shape {shape}")
-        y = np.asarray(fh["y"][()]).reshape(-1) if fh["y"].ndim <= 2 else None
+        y = np.asarray(fh["y"][()])
+        if y.ndim == 2 and y.shape[1] == 2 and np.all((y == 0) | (y == 1)) and np.all(y.sum(axis=1) == 1):
+            y = y.argmax(axis=1)  # one-hot labels
+        y = y.reshape(-1) if y.ndim == 1 or (y.ndim == 2 and y.shape[1] == 1) else None
         fnames = None
         if "fnames" in fh:
             fnames = [f.decode() if isinstance(f, bytes) else str(f) for f in np.asarray(fh["fnames"][()]).reshape(-1)]
@@ -737,8 +740,7 @@ def load_wbc(
         why = "download=True was requested but " if download else ""
         raise DataUnavailableError(
             f"{why}no white-blood-cell data at {src}: this data set has no pinned public download. "
-            f"Obtain it from the authors of {DATASET_INFO['wbc']['citation'].split('. ')[0]} et al. "
-            f"(doi:{DATASET_INFO['wbc']['doi']}) and save it as {src if src.suffix else src / WBC_FILENAME} "
+            f"Obtain it via Lippeveld et al. 2020 (doi:{DATASET_INFO['wbc']['doi']}) and save it as {src if src.suffix else src / WBC_FILENAME} "
             "(HDF5 with 'images' N x 12 x H x W and 'labels'; see pxpermute.datasets.write_hdf5_dataset) "
             f"or as scifAI per-cell files with a metadata CSV in that folder; or pass path=... / set {ENV_VAR}."
         )
