@@ -15,6 +15,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -65,9 +66,11 @@ def retrain_scores(
     n_splits: int = 5,
     random_state: int | None = 42,
     per_class: bool = False,
+    return_cv: bool = False,
+    keep_models: bool = False,
     progress: bool = True,
     **train_kwargs: Any,
-) -> pd.DataFrame:
+) -> pd.DataFrame | tuple[pd.DataFrame, dict[str, Any]]:
     """Cross-validated scores of models retrained on each channel subset.
 
     Each subset is put in the data set's channel order and trained once with
@@ -87,6 +90,14 @@ def retrain_scores(
         Seed of the folds and of training.
     per_class : bool, default False
         Add one column ``f1[<class>]`` per class.
+    return_cv : bool, default False
+        Also return the :class:`~pxpermute.training.CVResult` of every distinct
+        channel set (keyed by its ``channels`` string): held-out predictions,
+        fold indices, per-class F1.
+    keep_models : bool, default False
+        Keep the fitted networks in those CVResults (``models``); by default they
+        are dropped (replaced by ``None``) as soon as a subset is scored, so memory does not grow with
+        the number of subsets (one ResNet18 per fold and subset adds up quickly).
     progress : bool, default True
         tqdm bar over the distinct subsets.
     **train_kwargs
@@ -99,9 +110,8 @@ def retrain_scores(
     pandas.DataFrame
         One row per (subset, fold): ``subset``, ``fold``, ``n_channels``,
         ``channels`` (comma-joined names, data-set order), ``f1_macro``,
-        ``accuracy``, ``n_test`` (and ``f1[<class>]`` columns).  The
-        :class:`~pxpermute.training.CVResult` of each distinct channel set is in
-        ``frame.attrs["cv_results"]`` (keyed by the ``channels`` string).
+        ``accuracy``, ``n_test`` (and ``f1[<class>]`` columns).  With
+        ``return_cv=True``: ``(frame, {channels string: CVResult})``.
 
     Examples
     --------
@@ -145,14 +155,17 @@ def retrain_scores(
 
         iterator = tqdm(distinct, desc="retraining channel subsets", unit="subset")
     for idx in iterator:
-        results[idx] = cross_validate(ds, n_splits=n_splits, channels=list(idx), random_state=random_state,
-                                      progress=False, **train_kwargs)
+        cv = cross_validate(ds, n_splits=n_splits, channels=list(idx), random_state=random_state,
+                            progress=False, **train_kwargs)
+        if not keep_models and hasattr(cv, "models"):
+            cv = dataclasses.replace(cv, models=[None] * len(cv.models))
+        results[idx] = cv
 
     rows = []
     for label, idx in canon:
         cv = results[idx]
         names = ",".join(ds.channel_names[i] for i in idx)
-        for k in range(cv.n_splits):
+        for k in range(len(cv.f1_macro)):
             row = {
                 "subset": label,
                 "fold": k,
@@ -167,7 +180,8 @@ def retrain_scores(
                     row[f"f1[{cname}]"] = float(cv.f1_per_class[k, c])
             rows.append(row)
     frame = pd.DataFrame(rows)
-    frame.attrs["cv_results"] = {",".join(ds.channel_names[i] for i in idx): cv for idx, cv in results.items()}
+    if return_cv:
+        return frame, {",".join(ds.channel_names[i] for i in idx): cv for idx, cv in results.items()}
     return frame
 
 

@@ -164,17 +164,21 @@ def test_remove_and_retrain_accepts_importance_results_and_steps(tiny, monkeypat
 
 def test_retrain_scores_subsets(tiny):
     quick = {**TRAIN, "max_epochs": 1}
-    df = retrain_scores(tiny, {"all": ["sig", "noise", "empty"], "sig": ["sig"], "again": [0, 2, 1]}, n_splits=2,
-                        random_state=0, per_class=True, progress=False, **quick)
+    df, cvs = retrain_scores(tiny, {"all": ["sig", "noise", "empty"], "sig": ["sig"], "again": [0, 2, 1]},
+                             n_splits=2, random_state=0, per_class=True, return_cv=True, progress=False, **quick)
     assert list(df.columns[:7]) == ["subset", "fold", "n_channels", "channels", "f1_macro", "accuracy", "n_test"]
     assert {"f1[a]", "f1[b]"} <= set(df.columns)
     assert df.subset.tolist() == ["all", "all", "sig", "sig", "again", "again"]
     # the same channel set in another order is the same model (trained once, data-set order)
     np.testing.assert_array_equal(df[df.subset == "all"].f1_macro, df[df.subset == "again"].f1_macro)
-    assert len(df.attrs["cv_results"]) == 2
+    assert sorted(cvs) == ["sig", "sig,noise,empty"]
+    assert cvs["sig"].models == [None, None]  # fitted networks are not kept unless asked for
+    np.testing.assert_array_equal(cvs["sig"].f1_macro, df[df.subset == "sig"].f1_macro)
     assert df.n_test.sum() == 3 * len(tiny)
-    unnamed = retrain_scores(tiny, [["sig"]], n_splits=2, random_state=0, progress=False, **quick)
+    unnamed, kept = retrain_scores(tiny, [["sig"]], n_splits=2, random_state=0, return_cv=True, keep_models=True,
+                                   progress=False, **quick)
     assert unnamed.subset.tolist() == ["sig", "sig"]
+    assert len(kept["sig"].models) == 2 and kept["sig"].models[0].channel_names_ == ["sig"]
     np.testing.assert_array_equal(unnamed.f1_macro, df[df.subset == "sig"].f1_macro)
     with pytest.raises(ValueError, match="empty"):
         retrain_scores(tiny, {"none": []}, progress=False)
