@@ -1076,6 +1076,8 @@ class KAblation:
     stable_k : int
         First k from which the (top-``top``) ranking equals the ``max(ks)`` ranking.
     top : int or None
+    stable_k_all : int
+        The same for the full ranking (all channels).
     """
 
     ks: list[int]
@@ -1085,6 +1087,7 @@ class KAblation:
     kendall_tau: pd.Series
     stable_k: int
     top: int | None = None
+    stable_k_all: int | None = None
 
     def at(self, k: int) -> ImportanceResult:
         """The result with only the first ``k`` repeats (exactly what a run with k repeats gives)."""
@@ -1226,7 +1229,7 @@ def k_ablation(
     tau_s = pd.Series(taus, name="kendall_tau")
     tau_s.index.name = "k"
     return KAblation(ks=ks, result=result, rankings=rk, table=table, kendall_tau=tau_s,
-                     stable_k=first_stable_k(rankings, top=top), top=top)
+                     stable_k=first_stable_k(rankings, top=top), top=top, stable_k_all=first_stable_k(rankings))
 
 
 # =============================================================================
