@@ -151,6 +151,8 @@ class _CVCache:
         self._cv = cross_validate
         self.ds = ds
         self.n_splits = n_splits
+        if random_state is None:  # one seed for every panel, so all of them get the same folds
+            random_state = int(np.random.SeedSequence().generate_state(1)[0] % (2**31 - 1))
         self.random_state = random_state
         self.train_kwargs = train_kwargs
         self.results: dict[tuple[int, ...], Any] = {}
@@ -371,7 +373,8 @@ def compare_panels(
     n_splits : int, default 5
         Folds (stratified, shuffled with ``random_state``).
     random_state : int or None, default 42
-        Seed of the folds and of every training.
+        Seed of the folds and of every training (``None``: one seed is drawn and
+        recorded in ``info``, the same for every panel).
     test : {"ttest", "corrected_ttest", "wilcoxon"}, default "ttest"
         Paired one-sided test whose p-value decides ``significant`` (all three
         are reported; see the module docstring for their caveats with few folds).
@@ -444,7 +447,7 @@ def compare_panels(
                           significant=bool(np.isfinite(p) and p < alpha)))
     tests = pd.DataFrame(trows)
     rank_desc = ranking.title() if isinstance(ranking, ImportanceResult) else "given"
-    info = dict(data=ds.name, model=_model_label(train_kwargs), random_state=random_state, n_splits=n_splits,
+    info = dict(data=ds.name, model=_model_label(train_kwargs), random_state=cache.random_state, n_splits=n_splits,
                 ranking=rank_desc, ranked_stains=_names(ds, stains), stain_free=_names(ds, sf), test=test, alpha=alpha,
                 n_trainings=cache.n_trainings, seconds=time.perf_counter() - t0)
     return PanelComparison(scores=scores, summary=summary, tests=tests, cv_results=cvs, info=info)
@@ -669,7 +672,7 @@ def minimal_panel(
         searches["greedy"] = PanelSearch("greedy", _names(ds, current), _names(ds, sorted(sf + current)),
                                          bool(g_found and len(current) < len(all_stains)), pd.DataFrame(rows), used)
 
-    info = dict(data=ds.name, model=_model_label(train_kwargs), random_state=random_state, n_splits=n_splits,
+    info = dict(data=ds.name, model=_model_label(train_kwargs), random_state=cache.random_state, n_splits=n_splits,
                 ranked_stains=_names(ds, stains), stain_free=_names(ds, sf),
                 ranking=ranking.title() if isinstance(ranking, ImportanceResult) else "given")
     r = searches["ranking"]
@@ -1304,7 +1307,10 @@ def leave_one_channel_out(
         if len(set(chs)) >= ds.n_channels:
             raise ValueError(f"leaving out {name!r} leaves no channel to train on")
     t0 = time.perf_counter()
+    if reference is not None and random_state is None:
+        random_state = reference.random_state
     cache = _CVCache(ds, n_splits, random_state, train_kwargs)
+    random_state = cache.random_state
     if reference is not None:
         if sorted(getattr(reference, "channel_indices", [])) != list(range(ds.n_channels)):
             raise ValueError("reference must be a CVResult trained on all channels of this data set")

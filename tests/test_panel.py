@@ -245,6 +245,10 @@ def test_leave_one_channel_out_ranks_planted_stains_first_and_records_cost(ds, c
     assert cost["LOCO"] == 10 and cost["PXPermute"] == 0
     with pytest.raises(ValueError, match="reference"):
         leave_one_channel_out(ds, n_splits=3, reference=ref, progress=False, **FAST)
+    # random_state=None: one seed is drawn for all subsets (same folds), and recorded
+    one = leave_one_channel_out(ds, channels=["A"], random_state=None, n_splits=2, progress=False, **FAST)
+    assert isinstance(one.info["random_state"], int) and one.info["n_trainings"] == 4
+    assert one.channel_names == ["A"] and one.importance[0] > 0.2
     with pytest.raises(ValueError, match="leaves no channel"):
         leave_one_channel_out(ds, groups={"all": ds.channel_names}, n_splits=2, progress=False, **FAST)
 
