@@ -135,6 +135,15 @@ def _t_ci(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
     return float(m - half), float(m + half)
 
 
+def _ranking_label(ranking: Any) -> str:
+    if isinstance(ranking, ImportanceResult):
+        i = ranking.info
+        if "n_repeats_per_fold" in i:
+            return f"{i.get('method', 'importance')} k={i['n_repeats_per_fold']} x {i.get('n_splits')} folds"
+        return f"{i.get('method', 'importance')} k={ranking.n_repeats}"
+    return "given"
+
+
 def _model_label(train_kwargs: Mapping[str, Any]) -> str:
     m = train_kwargs.get("model", "resnet18")
     if isinstance(m, str):
@@ -446,7 +455,7 @@ def compare_panels(
                           f1_macro_mean=float(np.mean(cvs[name].f1_macro)), **res, test=test,
                           significant=bool(np.isfinite(p) and p < alpha)))
     tests = pd.DataFrame(trows)
-    rank_desc = ranking.title() if isinstance(ranking, ImportanceResult) else "given"
+    rank_desc = _ranking_label(ranking)
     info = dict(data=ds.name, model=_model_label(train_kwargs), random_state=cache.random_state, n_splits=n_splits,
                 ranking=rank_desc, ranked_stains=_names(ds, stains), stain_free=_names(ds, sf), test=test, alpha=alpha,
                 n_trainings=cache.n_trainings, seconds=time.perf_counter() - t0)
@@ -674,7 +683,7 @@ def minimal_panel(
 
     info = dict(data=ds.name, model=_model_label(train_kwargs), random_state=cache.random_state, n_splits=n_splits,
                 ranked_stains=_names(ds, stains), stain_free=_names(ds, sf),
-                ranking=ranking.title() if isinstance(ranking, ImportanceResult) else "given")
+                ranking=_ranking_label(ranking))
     r = searches["ranking"]
     return MinimalPanel(panel=r.panel, stains=r.stains, reference_score=reference, threshold=threshold,
                         tolerance=float(tolerance), searches=searches, n_trainings=cache.n_trainings,

@@ -456,6 +456,8 @@ def plot_method_heatmap(table, ax=None, *, value: str | None = None, title: str 
 # -----------------------------------------------------------------------------
 __all__ += ["plot_panel_comparison", "plot_panel_search", "plot_k_ablation", "plot_multistage"]
 
+import matplotlib.ticker  # noqa: E402
+
 
 def plot_panel_comparison(comparison, ax=None, *, metric: str = "f1_macro", title: str | None = None):
     """Per-fold scores and mean with 95 % CI per panel (Fig. 5 style).
@@ -536,14 +538,15 @@ def plot_panel_search(minimal, ax=None, *, title: str | None = None):
         ax.errorbar(kept.n_stains + (0.06 if name == "greedy" else 0), kept.f1_mean, yerr=err, marker="o", color=color,
                     capsize=3, label=f"{name} ({search.n_trainings} trainings)")
         for r in kept.itertuples():
-            if r.added:
-                ax.annotate(r.added, (r.n_stains, r.f1_mean), textcoords="offset points", xytext=(4, -11 if name == "greedy" else 5),
+            if isinstance(r.added, str) or (r.n_stains == 0 and name == "ranking"):
+                ax.annotate(r.added if isinstance(r.added, str) else "stain-free", (r.n_stains, r.f1_mean), textcoords="offset points", xytext=(4, -11 if name == "greedy" else 5),
                             fontsize="x-small", color=color)
         if name == "greedy":
             others = path[~path["chosen"]]
             ax.plot(others.n_stains + 0.06, others.f1_mean, "x", color=color, alpha=0.5, markersize=4)
     ax.axhline(minimal.reference_score, color="black", linewidth=0.8, label="all channels")
     ax.axhspan(minimal.threshold, minimal.reference_score, color="0.85", zorder=0, label=f"tolerance {minimal.tolerance:g}")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("number of stains (+ stain-free channels)")
     ax.set_ylabel("F1-macro (CV mean ± 95 % CI)")
     ax.legend(fontsize="small", frameon=False)
@@ -572,7 +575,12 @@ def plot_k_ablation(ablation, *, title: str | None = None, max_channels: int = 1
     ax1.plot(tau.index, tau.values, "o-", color="black")
     ax1.axvline(ablation.stable_k, color="crimson", linestyle="--", linewidth=1,
                 label=f"ranking{'' if ablation.top is None else f' (top {ablation.top})'} stable from k={ablation.stable_k}")
-    ax1.set_xscale("log")
+    for a in (ax1, ax2):
+        a.set_xscale("log")
+        a.set_xticks(ablation.ks)
+        a.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        a.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        a.tick_params(axis="x", labelsize="small", labelrotation=45)
     ax1.set_xlabel("k (repeats)")
     ax1.set_ylabel(f"Kendall τ to k={max(ablation.ks)}")
     ax1.legend(fontsize="small", frameon=False)
@@ -583,7 +591,6 @@ def plot_k_ablation(ablation, *, title: str | None = None, max_channels: int = 1
     for ch, color in zip(chans, colors):
         sub = tab[tab.channel == ch].sort_values("k")
         ax2.plot(sub.k, sub["rank"], "o-", color=color, label=ch, markersize=3)
-    ax2.set_xscale("log")
     ax2.invert_yaxis()
     ax2.set_xlabel("k (repeats)")
     ax2.set_ylabel("rank (1 = most important)")
