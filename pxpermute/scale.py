@@ -223,8 +223,10 @@ def shard_indices(indices: np.ndarray, rank: int, world_size: int) -> np.ndarray
 
 
 def _reduce_device(t: torch.Tensor) -> torch.device:
-    backend = torch.distributed.get_backend()
-    return t.device if str(backend) == "nccl" else torch.device("cpu")
+    """NCCL reduces CUDA tensors only, gloo CPU tensors (CUDA ones too, but slower)."""
+    if str(torch.distributed.get_backend()) == "nccl":
+        return t.device if t.is_cuda else torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
