@@ -547,6 +547,8 @@ def channel_importance(
         Repeats per chunk (default: all at once; 10 with a checkpoint; the
         adaptive rule's ``chunk`` with ``adaptive``).  Does not change the result.
 
+    Notes
+    -----
     Distributed runs: inside an initialized :mod:`torch.distributed` process
     group (e.g. under ``torchrun``) every rank evaluates a shard of the samples,
     the confusion matrices are all-reduced and every rank returns the same
