@@ -283,3 +283,9 @@ def test_fit_on_lazy_and_in_memory_dataset(tmp_path):
     # and the sampled lazy fit equals an in-memory fit on the same sampled images
     same = fit_percentile_normalization(IFCDataset(x, y), max_samples=20, random_state=1)
     torch.testing.assert_close(lazy.low, same.low)
+
+
+def test_small_cnn_bn_momentum():
+    assert all(b.momentum == 0.3 for b in SmallCNN(2, 2).modules() if isinstance(b, nn.BatchNorm2d))
+    m = SmallCNN(2, 2, bn_momentum=None)
+    assert all(b.momentum is None for b in m.modules() if isinstance(b, nn.BatchNorm2d))
