@@ -141,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: {name} is listed in _toc.yml but does not exist yet; left out of this build")
     for name in unlisted:
         print(f"note: notebooks/{name}.ipynb is not listed in _toc.yml; it is not part of the book")
+    unknown = sorted(set(overrides) - {p.stem for p in notebooks})
+    if unknown:
+        ap.error(f"--set: unknown notebook(s) {unknown}; known: {[p.stem for p in notebooks]}")
     if args.only:
         unknown = sorted(set(args.only) - {p.stem for p in notebooks})
         if unknown:
