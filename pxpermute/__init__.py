@@ -3,11 +3,30 @@
 PXPermute (Shetab Boushehri et al., Cell Reports Methods 2024) permutes the pixels
 inside one channel of every test image, k times, and measures the per-class drop
 of a metric (F1 by default).  See :func:`pxpermute.channel_importance`.
+
+Training helpers (:mod:`pxpermute.training`, which needs skorch) are imported on
+first use, so ``import pxpermute`` stays light.
 """
 __version__ = "0.1.0"
 
-from .datasets import GroundTruth, IFCDataset  # noqa: E402
+from .datasets import GroundTruth, IFCDataset, make_synthetic  # noqa: E402
 from .importance import channel_importance  # noqa: E402
 from .result import ImportanceResult  # noqa: E402
 
-__all__ = ["IFCDataset", "GroundTruth", "channel_importance", "ImportanceResult", "__version__"]
+_LAZY = {
+    "train_classifier": "training",
+    "cross_validate": "training",
+    "resnet18": "models",
+    "SmallCNN": "models",
+}
+
+__all__ = ["IFCDataset", "GroundTruth", "make_synthetic", "channel_importance", "ImportanceResult", "__version__",
+           *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'pxpermute' has no attribute {name!r}")

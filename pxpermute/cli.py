@@ -52,7 +52,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     progress = not args.quiet
     if args.data == "synthetic":
-        from .datasets.synthetic import make_synthetic
+        from .datasets import make_synthetic
 
         ds = make_synthetic(args.preset, n_samples=args.n_samples, random_state=args.seed)
     else:
