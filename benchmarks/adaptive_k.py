@@ -27,7 +27,7 @@ PRESETS = ("default", "apoptotic", "synapse", "wbc", "panel20")
 
 
 def run_preset(preset: str, *, n_samples: int, model: str, max_epochs: int, k: int, seed: int = 0,
-               image_size: int | None = None) -> dict:
+               image_size: int | None = None, model_kwargs: dict | None = None) -> dict:
     from scipy.stats import kendalltau
     from sklearn.model_selection import train_test_split
 
@@ -38,7 +38,8 @@ def run_preset(preset: str, *, n_samples: int, model: str, max_epochs: int, k: i
     ds = make_synthetic(preset, n_samples=n_samples, image_size=image_size, random_state=seed)
     tr, te = train_test_split(np.arange(len(ds)), test_size=0.25, stratify=ds.labels, random_state=seed)
     t = time.perf_counter()
-    net = train_classifier(ds, train_indices=tr, model=model, max_epochs=max_epochs, random_state=seed)
+    net = train_classifier(ds, train_indices=tr, model=model, model_kwargs=model_kwargs, max_epochs=max_epochs,
+                           random_state=seed)
     t_train = time.perf_counter() - t
     test = ds.subset(te)
     t = time.perf_counter()
@@ -77,6 +78,7 @@ def main(argv=None) -> None:
     ap.add_argument("--model", default="small_cnn", choices=["small_cnn", "resnet18"])
     ap.add_argument("--max-epochs", type=int, default=30)
     ap.add_argument("--k", type=int, default=100)
+    ap.add_argument("--width", type=int, default=None, help="small_cnn width (default 32)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="800 cells, 8 epochs")
     ap.add_argument("--out", default=None)
@@ -85,11 +87,12 @@ def main(argv=None) -> None:
     n, ep = (800, 8) if args.quick else (args.n_samples, args.max_epochs)
     rows = []
     for p in args.presets:
-        rows.append(run_preset(p, n_samples=n, model=args.model, max_epochs=ep, k=args.k, image_size=args.image_size))
+        rows.append(run_preset(p, n_samples=n, model=args.model, max_epochs=ep, k=args.k, image_size=args.image_size,
+                               model_kwargs={"width": args.width} if args.width else None))
         print(json.dumps(rows[-1]), flush=True)
     fi = sum(r["forward_images_fixed"] for r in rows)
     fa = sum(r["forward_images_adaptive"] for r in rows)
-    out = {"model": args.model, "n_samples": n, "max_epochs": ep, "k": args.k, "presets": rows,
+    out = {"model": args.model, "width": args.width, "image_size": args.image_size, "n_samples": n, "max_epochs": ep, "k": args.k, "presets": rows,
            "total_forward_saved_fraction": round(1 - fa / fi, 3),
            "same_ranking_all": all(r["same_ranking"] for r in rows),
            "same_signal_ranking_all": all(r["same_ranking_signal_channels"] for r in rows),

@@ -708,11 +708,12 @@ def runtime_vs_loco(
     PXPermute vs 364 min for LOCO on WBC, 5.6x): stratified cross-validation with
     all channels (:func:`pxpermute.training.cross_validate`) gives the models;
     PXPermute runs with each fold's model on that fold's test cells (``n_repeats``
-    and, with ``adaptive``, adaptive k); LOCO repeats the cross-validation once
-    per left-out channel on the same folds, importance = F1-macro drop.  Per
-    fold LOCO costs C trainings (C + 1 counting the all-channel model, the
-    paper's convention) and PXPermute one importance run.  All in one process,
-    so the ratios are measured under the same load.
+    and, with ``adaptive``, adaptive k); LOCO retrains once per left-out channel
+    on the same fold (:func:`pxpermute.training.train_classifier`, the same
+    recipe and seed as the cross-validation), importance = F1-macro drop on
+    the fold's test cells.  Per fold LOCO costs C trainings (C + 1 counting the
+    all-channel model, the paper's convention) and PXPermute one importance
+    run.  All in one process, so the ratios are measured under the same load.
 
     Parameters
     ----------
@@ -720,7 +721,7 @@ def runtime_vs_loco(
     n_splits : int
         Cross-validation folds (for every training).
     folds : int, optional
-        Run PXPermute on only the first ``folds`` folds (seconds are per fold).
+        Run PXPermute and LOCO on only the first ``folds`` folds (seconds are per fold).
     n_repeats, adaptive, random_state, batch_size, device, progress
         PXPermute settings (``random_state`` also seeds the training).
     **train_kwargs
@@ -733,6 +734,7 @@ def runtime_vs_loco(
         ``loco_s_per_fold``, ``loco_s_per_fold_paper``), the ``speedup`` ratios,
         per-fold importances of both methods (``pxpermute_importance``,
         ``loco_importance``, arrays (folds, C)), their rankings and Spearman rho.
+    ``train_s_per_model`` comes from the all-channel cross-validation.
 
     Examples
     --------
@@ -744,7 +746,8 @@ def runtime_vs_loco(
     from scipy.stats import spearmanr
 
     from .importance import channel_importance
-    from .training import cross_validate
+    from .metrics import compute_metric, confusion_matrix
+    from .training import cross_validate, train_classifier
 
     C = dataset.n_channels
     if C < 2:
@@ -768,15 +771,24 @@ def runtime_vs_loco(
             pxa_s.append(time.perf_counter() - t)
             pxa_k.append(int(ra.info["n_repeats"]))
     loco_s, loco_imp = [], []
-    for c in range(C):
-        keep = [i for i in range(C) if i != c]
+    present = np.bincount(dataset.labels, minlength=dataset.n_classes) > 0
+    for f in range(n_folds):
+        te = ref.test_indices[f]
+        x_te, y_te = dataset.get_batch(np.asarray(te))
         t = time.perf_counter()
-        cv = cross_validate(dataset, n_splits=n_splits, channels=keep, random_state=random_state, progress=progress, **kw)
+        drops = []
+        for c in range(C):
+            keep = [i for i in range(C) if i != c]
+            net = train_classifier(dataset, train_indices=ref.train_indices[f], channels=keep,
+                                   random_state=random_state, **kw)
+            pred = np.asarray(net.predict(np.ascontiguousarray(x_te[:, keep])))
+            f1 = compute_metric(confusion_matrix(y_te, pred, dataset.n_classes), "f1_macro", present)[0]
+            drops.append(float(ref.f1_macro[f]) - float(f1))
         loco_s.append(time.perf_counter() - t)
-        loco_imp.append(np.asarray(ref.f1_macro) - np.asarray(cv.f1_macro))
-    px_imp_a, loco_imp_a = np.array(px_imp), np.array(loco_imp).T
+        loco_imp.append(drops)
+    px_imp_a, loco_imp_a = np.array(px_imp), np.array(loco_imp)
     train = t_ref / n_splits
-    loco = sum(loco_s) / n_splits
+    loco = float(np.mean(loco_s))
     px = float(np.mean(px_s))
     names = list(dataset.channel_names)
     out: dict[str, Any] = {
