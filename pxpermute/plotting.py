@@ -320,7 +320,7 @@ def plot_remove_and_retrain(roar, ax=None, *, metric: str = "f1_macro", ci: bool
                             title: str | None = None):
     """Remove-and-retrain curves: score of the retrained models vs channels removed (Fig. 4 style).
 
-    One line per method (mean over folds) with a shaded 95 % CI over folds; the
+    One line per method (mean over folds) with a shaded 95 % CI over folds (clipped to [0, 1]); the
     legend gives each method's average over the curve (the paper's summary).
 
     Parameters
@@ -356,7 +356,9 @@ def plot_remove_and_retrain(roar, ax=None, *, metric: str = "f1_macro", ci: bool
         style = {"linestyle": ":", "marker": "x"} if m == "Random" else {"marker": "o"}
         ax.plot(c.n_removed, c["mean"], color=palette[m], label=f"{m} (avg {avg:.3f})", markersize=4, **style)
         if ci and np.isfinite(c.ci_low).any():
-            ax.fill_between(c.n_removed, c.ci_low, c.ci_high, color=palette[m], alpha=0.15, linewidth=0)
+            # F1 and accuracy live in [0, 1]; with few folds the t-interval can reach beyond
+            ax.fill_between(c.n_removed, c.ci_low.clip(0, 1), c.ci_high.clip(0, 1), color=palette[m], alpha=0.15,
+                            linewidth=0)
     if reference is not None:
         ref = pd.DataFrame(reference)
         extra = sns.color_palette("pastel", len(ref.index))
@@ -444,6 +446,7 @@ def plot_method_heatmap(table, ax=None, *, value: str | None = None, title: str 
     else:
         fig = ax.figure
     sns.heatmap(wide, annot=True, fmt=fmt, cmap=cmap, center=center, ax=ax, cbar_kws={"label": label})
+    ax.set_xticklabels(ax.get_xticklabels(), rotation=30, ha="right")
     ax.set_xlabel("data set")
     ax.set_ylabel("method")
     ax.set_title(title or "methods x data sets", fontsize="small", wrap=True)
