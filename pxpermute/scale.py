@@ -81,13 +81,15 @@ class AdaptiveK:
     After every chunk of ``chunk`` repeats, once at least ``min_repeats`` are
     done, the run stops if **either**
 
-    1. *the ranking is resolved*: for every pair of units adjacent in the
-       current ranking, their ``confidence`` t-intervals of the mean importance
-       over repeats are disjoint, **or** their summary importances differ by at
-       most ``tol`` times the range of importances (``max - min``): such a pair
-       is a tie that more repeats would not usefully order (e.g. two channels
-       the model ignores, both near 0; two channels with identical repeats are
-       always tied); **or**
+    1. *the ranking is resolved*: every pair of units adjacent in the current
+       ranking is settled, i.e. their ``confidence`` t-intervals of the mean
+       importance over repeats are disjoint, **or** their summary importances
+       differ by at most ``tol`` times the range of importances (``max - min``)
+       -- a tie that more repeats would not usefully order (e.g. two channels
+       the model ignores, both near 0; channels with identical repeats are
+       always tied) --, **or** both intervals' half-widths are at most ``tol``
+       times the range: both are measured precisely enough that more repeats
+       could only swap them by a negligible amount; **or**
     2. *the ranking is stable*: the ranking (order of all units) has been the
        same at the last ``patience + 1`` evaluations, i.e. unchanged while
        ``patience * chunk`` repeats were added.
@@ -187,7 +189,7 @@ def ranking_settled(importances: np.ndarray, *, aggregate: str = "mean", rule: A
     tie = rule.tol * float(summary.max() - summary.min())
     resolved = True
     for a, b in zip(order[:-1], order[1:]):
-        if abs(summary[a] - summary[b]) <= tie:
+        if abs(summary[a] - summary[b]) <= tie or max(half[a], half[b]) <= tie:
             continue
         if not (mean[a] - half[a] > mean[b] + half[b]):
             resolved = False

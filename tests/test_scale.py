@@ -412,3 +412,12 @@ def test_runtime_vs_loco_small():
     assert r["loco_s_per_fold_paper"] == pytest.approx(r["loco_s_per_fold"] + r["train_s_per_model"])
     assert sorted(r["pxpermute_ranking"]) == sorted(r["loco_ranking"]) == sorted(ds.channel_names)
     assert len(r["adaptive_k_used"]) == 1 and 1 <= r["adaptive_k_used"][0] <= 3
+
+
+def test_ranking_settled_precise_pairs():
+    # overlapping CIs, but both half-widths below tol x range: settled to the rule's resolution
+    sign = np.where(np.arange(40) % 2 == 0, 1.0, -1.0)
+    imp = np.stack([np.full(40, 1.0), 0.03 + 0.01 * sign, 0.035 + 0.01 * sign], 1)
+    # tol=0.004: the 0.005 gap is no tie, but both half-widths (~0.003) are below 0.004 x range
+    assert ranking_settled(imp, rule=AdaptiveK(tol=0.004)) == (True, "resolved")
+    assert not ranking_settled(imp, rule=AdaptiveK(tol=0.002))[0]
