@@ -26,11 +26,13 @@ def _add_demo(sub) -> None:
     p.add_argument("--data", default="synthetic", choices=["synthetic", "cellcycle"],
                    help="synthetic IFC data with known answer (default) or the embedded real cell-cycle sample")
     p.add_argument("--preset", default="default", help="synthetic preset (default, apoptotic, synapse, wbc, panel20)")
-    p.add_argument("--n-samples", type=int, default=2400, help="synthetic cells to generate (default 2400)")
-    p.add_argument("--k", type=int, default=100, help="permutation repeats per channel (paper: 100)")
-    p.add_argument("--epochs", type=int, default=15, help="training epochs (early stopping may stop sooner)")
+    p.add_argument("--n-samples", type=int, default=2000, help="synthetic cells to generate (default 2000)")
+    p.add_argument("--k", type=int, default=100, help="PXPermute repeats per channel (paper: 100)")
+    p.add_argument("--k-sample", type=int, default=30, help="repeats of the cross-sample variant (default 30)")
+    p.add_argument("--epochs", type=int, default=12, help="training epochs (early stopping may stop sooner)")
     p.add_argument("--model", default="small_cnn", choices=["small_cnn", "resnet18"])
-    p.add_argument("--test-fraction", type=float, default=0.25)
+    p.add_argument("--width", type=int, default=16, help="filters in the first block of small_cnn (default 16)")
+    p.add_argument("--test-fraction", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="pxpermute-output", help="folder for the figure and result files")
     p.add_argument("--no-sample", action="store_true", help="skip the cross-sample permutation")
@@ -64,8 +66,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     train_idx, test_idx = train_test_split(idx, test_size=args.test_fraction, stratify=ds.labels, random_state=args.seed)
     print(f"training {args.model} on {len(train_idx)} cells ({args.epochs} epochs max) ...", flush=True)
     t = time.perf_counter()
-    net = train_classifier(ds, train_indices=train_idx, model=args.model, max_epochs=args.epochs,
-                           random_state=args.seed, verbose=0)
+    model_kwargs = {"width": args.width} if args.model == "small_cnn" else {}
+    net = train_classifier(ds, train_indices=train_idx, model=args.model, model_kwargs=model_kwargs,
+                           max_epochs=args.epochs, random_state=args.seed, verbose=0)
     t_train = time.perf_counter() - t
     test = ds.subset(test_idx)
     x_test, y_test = test.as_arrays()
@@ -75,7 +78,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     results = {"pixel": channel_importance(net, test, n_repeats=args.k, random_state=args.seed, progress=progress)}
     if not args.no_sample:
-        results["sample"] = channel_importance(net, test, n_repeats=args.k, perturbation="sample",
+        results["sample"] = channel_importance(net, test, n_repeats=args.k_sample, perturbation="sample",
                                                random_state=args.seed, progress=progress)
     for res in results.values():
         res.info["data"] = f"{ds.name}" + (f" (seed {args.seed})" if args.data == "synthetic" else "")
@@ -96,7 +99,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "total intensity scores ~0 with PXPermute; the 'sample' column (channel swapped between cells) sees it."
     )
     fig = plot_importance(list(results.values()), labels=[f"{k} permutation" for k in results],
-                          ground_truth=gt, normalized=False, title=f"{ds.name}: {args.model}, k={args.k}, seed={args.seed}, "
+                          ground_truth=gt, normalized=False, title=f"{ds.name}: {args.model}, k={args.k} (sample: {args.k_sample}), seed={args.seed}, "
                           f"n_test={len(test_idx)}, test F1-macro={f1:.2f}")
     fig_path = out / "channel_importance.png"
     fig.savefig(fig_path, dpi=150)
