@@ -17,6 +17,7 @@ from .metrics import compute_metric, present_classes
 __all__ = ["ImportanceResult", "ResultFileError"]
 
 FORMAT_VERSION = 1
+_ATTRIBUTION_METHODS = {"integrated_gradients", "deeplift", "guided_gradcam", "lrp"}
 
 
 class ResultFileError(OSError):
@@ -352,7 +353,8 @@ class ImportanceResult:
             parts.append(f"perturbation={i['perturbation']}")
         if "metric" in i:
             parts.append(f"metric={i['metric']}")
-        parts.append(f"k={self.n_repeats}")
+        if i.get("method") not in _ATTRIBUTION_METHODS:  # attribution results hold one row per image, not repeats
+            parts.append(f"k={self.n_repeats}")
         if i.get("random_state") is not None:
             parts.append(f"seed={i['random_state']}")
         for key in ("data", "model"):

@@ -296,3 +296,10 @@ def test_bad_inputs_raise_clear_errors(toy_problem):
         channel_importance(lambda x: x.reshape(7, -1), (X, y), n_classes=3, **kw)
     with pytest.raises(ValueError, match="unknown channel name"):
         channel_importance(m, (X, y), groups={"g": ["nope"]}, **kw)
+
+
+def test_title_names_k_for_permutations_only():
+    perm = ImportanceResult(np.zeros((7, 2)), channel_names=["a", "b"], info={"method": "pxpermute", "random_state": 3})
+    attr = ImportanceResult(np.zeros((50, 2)), channel_names=["a", "b"], info={"method": "deeplift", "n_samples": 50})
+    assert "k=7" in perm.title() and "seed=3" in perm.title()
+    assert "k=" not in attr.title() and "n=50" in attr.title()
