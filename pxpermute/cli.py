@@ -92,8 +92,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
         from .datasets.synthetic import expected_relevance
 
-        rho = spearmanr(results["pixel"].importance, expected_relevance(gt, perturbation="pixel")).statistic
-        print(f"\nSpearman(PXPermute, planted relevance as pixel permutation can see it) = {rho:.2f}")
+        imp = results["pixel"].importance
+        if np.ptp(imp) == 0:
+            print("\nSpearman(PXPermute, planted relevance) undefined: every channel scored the same "
+                  "(the model ignores all channels; train longer)")
+        else:
+            rho = spearmanr(imp, expected_relevance(gt, perturbation="pixel")).statistic
+            print(f"\nSpearman(PXPermute, planted relevance as pixel permutation can see it) = {rho:.2f}")
     print(
         "\nNote: pixel permutation keeps each image's intensity histogram, so a channel whose only signal is its\n"
         "total intensity scores ~0 with PXPermute; the 'sample' column (channel swapped between cells) sees it."
