@@ -189,27 +189,11 @@ def to_lrp_compatible(model: nn.Module) -> nn.Module:
     >>> torch.allclose(m(x), m2(x), atol=1e-5)
     True
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch nn.Module, got {type(model).__name__}")
     from torchvision.models.resnet import BasicBlock
 
-    from .models import _CaptumBasicBlock
+    from .models import _CaptumBasicBlock, _copy_replacing_blocks
 
-    new = copy.deepcopy(model)
-
-    def convert(parent: nn.Module) -> None:
-        for name, child in list(parent.named_children()):
-            if isinstance(child, (BasicBlock, _CaptumBasicBlock)):
-                replacement = _LRPBasicBlock(child)
-                replacement.train(child.training)
-                setattr(parent, name, replacement)
-            elif isinstance(child, nn.ReLU):
-                child.inplace = False
-            else:
-                convert(child)
-
-    convert(new)
-    return new
+    return _copy_replacing_blocks(model, (BasicBlock, _CaptumBasicBlock), _LRPBasicBlock)
 
 
 def _reused_modules(net: nn.Module, x: torch.Tensor) -> list[tuple[str, str, int]]:

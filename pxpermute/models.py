@@ -98,16 +98,22 @@ def to_captum_compatible(model: nn.Module) -> nn.Module:
     >>> all(not r.inplace for r in m2.modules() if isinstance(r, nn.ReLU))
     True
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch nn.Module, got {type(model).__name__}")
     from torchvision.models.resnet import BasicBlock
 
+    return _copy_replacing_blocks(model, (BasicBlock,), _CaptumBasicBlock)
+
+
+def _copy_replacing_blocks(model: nn.Module, block_types: tuple[type, ...], factory: Any) -> nn.Module:
+    """Deep copy of ``model`` with every ``block_types`` child replaced by ``factory(child)``
+    (keeping its train/eval mode) and every other ReLU made non-inplace."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch nn.Module, got {type(model).__name__}")
     new = copy.deepcopy(model)
 
     def convert(parent: nn.Module) -> None:
         for name, child in list(parent.named_children()):
-            if isinstance(child, BasicBlock):
-                replacement = _CaptumBasicBlock(child)
+            if isinstance(child, block_types):
+                replacement = factory(child)
                 replacement.train(child.training)
                 setattr(parent, name, replacement)
             elif isinstance(child, nn.ReLU):
