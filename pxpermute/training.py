@@ -342,23 +342,21 @@ class IFCClassifier(NeuralNetClassifier):
         return super().infer(x, **fit_params)
 
 
+def _plateau_scheduler(monitor: str, mode: str, patience: int) -> tuple[str, Any]:
+    """ReduceLROnPlateau (factor 0.5, as published) watching ``monitor``."""
+    return (
+        "lr_scheduler",
+        LRScheduler(policy=torch.optim.lr_scheduler.ReduceLROnPlateau, monitor=monitor, mode=mode, factor=0.5,
+                    patience=int(patience)),
+    )
+
+
 def _callbacks(has_valid: bool, patience: int | None, early_stopping: int | None) -> list[tuple[str, Any]]:
     cbs: list[tuple[str, Any]] = []
     if has_valid:
         cbs.append(("valid_f1", EpochScoring("f1_macro", lower_is_better=False, name="valid_f1")))
         if patience is not None:
-            cbs.append(
-                (
-                    "lr_scheduler",
-                    LRScheduler(
-                        policy=torch.optim.lr_scheduler.ReduceLROnPlateau,
-                        monitor="valid_f1",
-                        mode="max",
-                        factor=0.5,
-                        patience=int(patience),
-                    ),
-                )
-            )
+            cbs.append(_plateau_scheduler("valid_f1", "max", patience))
         if early_stopping is not None:
             cbs.append(
                 (
@@ -367,18 +365,7 @@ def _callbacks(has_valid: bool, patience: int | None, early_stopping: int | None
                 )
             )
     elif patience is not None:
-        cbs.append(
-            (
-                "lr_scheduler",
-                LRScheduler(
-                    policy=torch.optim.lr_scheduler.ReduceLROnPlateau,
-                    monitor="train_loss",
-                    mode="min",
-                    factor=0.5,
-                    patience=int(patience),
-                ),
-            )
-        )
+        cbs.append(_plateau_scheduler("train_loss", "min", patience))
     return cbs
 
 
