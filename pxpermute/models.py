@@ -29,6 +29,8 @@ __all__ = [
     "fit_percentile_normalization",
     "to_captum_compatible",
     "last_conv_layer",
+    "load_pretrained",
+    "pretrained_registry",
 ]
 
 
@@ -512,3 +514,95 @@ def fit_percentile_normalization(
     values = np.concatenate(parts, axis=1)
     low, high = np.percentile(values, [lo_q, hi_q], axis=1)
     return PercentileNormalization(low, high, clip=clip)
+
+
+# ---------------------------------------------------------------------------
+# Pretrained tutorial models (package data written by scripts/train_tutorial_models.py)
+# ---------------------------------------------------------------------------
+def _pretrained_dir():
+    from pathlib import Path
+
+    return Path(__file__).resolve().parent / "pretrained"
+
+
+def pretrained_registry() -> dict[str, Any]:
+    """The registry of the pretrained tutorial models (``pxpermute/pretrained/registry.json``).
+
+    ``{"models": {name: {file, sha256, architecture, channels, class_names, fold, ...}},
+    "groups": {group: {data, n_splits, random_state, f1_macro, ...}}, "tolerance": ...}``.
+
+    Examples
+    --------
+    >>> "models" in pretrained_registry()
+    True
+    """
+    import json
+
+    path = _pretrained_dir() / "registry.json"
+    if not path.exists():
+        return {"format": 1, "groups": {}, "models": {}}
+    return json.loads(path.read_text())
+
+
+def load_pretrained(name: str, *, device: str | None = None) -> nn.Module:
+    """Load a pretrained tutorial model by name, after checking its SHA-256.
+
+    The network takes **raw** images of the channels it was trained on (its first
+    layer is the fitted :class:`PercentileNormalization`) and returns logits; it is
+    returned in evaluation mode.  Names are listed in ``pretrained_registry()["models"]``
+    (e.g. ``"cellcycle_all_fold0"``); ``scripts/train_tutorial_models.py`` reproduces them.
+
+    Parameters
+    ----------
+    name : str
+        Model name.
+    device : str, optional
+        Where to put the network (default: ``"cuda"`` when available, else ``"cpu"``).
+
+    Returns
+    -------
+    torch.nn.Module
+        ``nn.Sequential(normalize=PercentileNormalization, model=<network>)``.
+
+    Raises
+    ------
+    KeyError
+        Unknown name (the message lists the available ones).
+    OSError
+        The file is missing or its SHA-256 differs from the registry (corrupted or replaced).
+
+    Examples
+    --------
+    >>> net = load_pretrained("cellcycle_all_fold0")  # doctest: +SKIP
+    >>> net(torch.zeros(1, 3, 40, 40)).shape  # doctest: +SKIP
+    torch.Size([1, 7])
+    """
+    import hashlib
+    from collections import OrderedDict
+
+    reg = pretrained_registry()
+    if not isinstance(name, str) or name not in reg["models"]:
+        raise KeyError(f"unknown pretrained model {name!r}; available: {sorted(reg['models'])}")
+    entry = reg["models"][name]
+    path = _pretrained_dir() / entry["file"]
+    if not path.exists():
+        raise OSError(f"pretrained model file {path} is missing; reinstall pxpermute or run "
+                      "scripts/train_tutorial_models.py")
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != entry["sha256"]:
+        raise OSError(f"pretrained model file {path} has SHA-256 {digest}, the registry expects {entry['sha256']}: "
+                      "the file is corrupted or was replaced; reinstall pxpermute or rerun "
+                      "scripts/train_tutorial_models.py")
+    import io
+
+    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    c, k = int(entry["n_channels"]), int(entry["n_classes"])
+    net = nn.Sequential(OrderedDict(
+        normalize=PercentileNormalization(np.zeros(c), np.ones(c)),
+        model=build_model(entry["architecture"], c, k, **entry.get("model_kwargs", {})),
+    ))
+    net.load_state_dict(state)
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return net.to(device).eval()
