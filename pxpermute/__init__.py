@@ -7,7 +7,7 @@ of a metric (F1 by default).  See :func:`pxpermute.channel_importance`.
 Training helpers (:mod:`pxpermute.training`, which needs skorch) are imported on
 first use, so ``import pxpermute`` stays light.
 """
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: E402  (the one place the version is written)
 
 from .datasets import GroundTruth, IFCDataset, make_synthetic  # noqa: E402
 from .importance import channel_importance  # noqa: E402

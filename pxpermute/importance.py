@@ -14,247 +14,34 @@ from __future__ import annotations
 import math
 import os
 import time
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
-from torch.utils.data import DataLoader, Dataset
 
-from .datasets.base import IFCDataset, resolve_channels
-from .perturb import DETERMINISTIC, PERTURBATIONS, PerturbContext, seed_words
+from ._validation import ParameterError, check_bool, check_choice, check_float, check_int, check_random_state
+from ._version import __version__
+from .adaptive import AdaptiveK
+from .datasets.base import resolve_channels
+from .distributed import agree_seed, distributed_context
+from .fingerprint import data_digest, fingerprint, model_digest
 from .metrics import METRICS
+from .perturb import DETERMINISTIC, PERTURBATIONS, PerturbContext, seed_words
+from .predictor import _first_conv_channels, _Predictor, as_predictor, auto_batch_size
 from .result import ImportanceResult
-from .stats import BootstrapCollector, _check_confidence, add_weighted, poisson_weights, resolve_max_samples, stratified_subsample
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .scale import AdaptiveK
+from .runner import run_repeats
+from .sources import _BlockDataset, _Source, _to_numpy, as_source
+from .stats import (
+    BootstrapCollector,
+    _check_confidence,
+    add_weighted,
+    poisson_weights,
+    resolve_max_samples,
+    stratified_subsample,
+)
 
 __all__ = ["channel_importance", "ImportanceResult", "as_predictor", "as_source", "accumulate", "Accumulated"]
-
-
-# -----------------------------------------------------------------------------
-# data sources
-# -----------------------------------------------------------------------------
-class _Source:
-    """Uniform random-access view of the data the engine evaluates."""
-
-    def __init__(self, n: int, image_shape: tuple[int, int, int], labels: np.ndarray | None,
-                 reader: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
-                 channel_names: list[str] | None, class_names: list[str] | None, name: str | None,
-                 num_workers: int = 0) -> None:
-        self.n = n
-        self.image_shape = image_shape
-        self.labels = labels
-        self.reader = reader
-        self.channel_names = channel_names
-        self.class_names = class_names
-        self.name = name
-        self.num_workers = num_workers
-
-    @property
-    def n_channels(self) -> int:
-        return self.image_shape[0]
-
-    def read(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        x, y = self.reader(idx)
-        return np.asarray(x, dtype=np.float32), np.asarray(y)
-
-    def fetch(self, idx: np.ndarray, chans: Sequence[int]) -> torch.Tensor:
-        """Channels ``chans`` of samples ``idx`` (any order, repeats allowed) as a float32 tensor."""
-        idx = np.asarray(idx, dtype=np.int64)
-        order = np.argsort(idx, kind="stable")
-        uniq, inv = np.unique(idx[order], return_inverse=True)
-        xs, _ = self.read(uniq)
-        out = np.empty((len(idx), len(chans), *self.image_shape[1:]), np.float32)
-        out[order] = xs[:, list(chans)][inv]
-        return torch.from_numpy(out)
-
-    def blocks(self, indices: np.ndarray, block: int):
-        """Yield (idx, x, y) blocks in order, optionally prefetched by DataLoader workers."""
-        chunks = [indices[i : i + block] for i in range(0, len(indices), block)]
-        if self.num_workers > 0:
-            loader = DataLoader(_BlockDataset(self, chunks), batch_size=None, shuffle=False,
-                                num_workers=self.num_workers)
-            for idx, (x, y) in zip(chunks, loader):
-                yield idx, np.asarray(x), np.asarray(y)
-        else:
-            for idx in chunks:
-                x, y = self.read(idx)
-                yield idx, x, y
-
-
-class _BlockDataset(Dataset):
-    def __init__(self, source: _Source, chunks: list[np.ndarray]) -> None:
-        self.source, self.chunks = source, chunks
-
-    def __len__(self) -> int:
-        return len(self.chunks)
-
-    def __getitem__(self, i: int):
-        return self.source.read(self.chunks[i])
-
-
-def _to_numpy(a: Any) -> np.ndarray:
-    if isinstance(a, torch.Tensor):
-        return a.detach().cpu().numpy()
-    return np.asarray(a)
-
-
-def as_source(data: Any, labels: Any = None, *, num_workers: int = 0) -> _Source:
-    """Wrap arrays, an (X, y) pair, an IFCDataset, a torch Dataset or a DataLoader."""
-    if isinstance(data, DataLoader):
-        if num_workers == 0:
-            num_workers = data.num_workers
-        data = data.dataset  # our own sequential, deterministic batching replaces the loader's
-    if isinstance(data, IFCDataset):
-        if labels is not None:
-            raise ValueError("labels come from the IFCDataset; do not pass labels= as well")
-        return _Source(len(data), data.image_shape, data.labels, data.get_batch, data.channel_names,
-                       data.class_names, data.name, num_workers)
-    if isinstance(data, tuple) and len(data) == 2 and labels is None:
-        data, labels = data
-    if isinstance(data, Dataset):
-        if labels is not None:
-            raise ValueError("labels come from the Dataset's items; do not pass labels= as well")
-        n = len(data)  # type: ignore[arg-type]
-        if n == 0:
-            raise ValueError("the data set is empty (0 samples)")
-        first = data[0]
-        if not isinstance(first, (tuple, list)) or len(first) < 2:
-            raise TypeError("a torch Dataset must yield (image, label) pairs")
-        shape = tuple(_to_numpy(first[0]).shape)
-        if len(shape) != 3:
-            raise ValueError(f"Dataset images must have shape (C, H, W), got {shape}")
-
-        def reader(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            items = [data[int(i)] for i in idx]
-            return np.stack([_to_numpy(it[0]) for it in items]), np.array([int(it[1]) for it in items])
-
-        return _Source(n, shape, None, reader, None, None, type(data).__name__, num_workers)
-    if labels is None:
-        raise ValueError("labels are required when data is an array (pass labels=y or data=(X, y))")
-    X = data.detach().cpu() if isinstance(data, torch.Tensor) else data
-    if not hasattr(X, "shape") or not hasattr(X, "__getitem__"):
-        X = np.asarray(X)
-    y = _to_numpy(labels)
-    if len(X.shape) != 4:
-        raise ValueError(f"images must have shape (N, C, H, W), got shape {tuple(X.shape)}")
-    if y.ndim != 1:
-        raise ValueError(f"labels must be 1-D, got shape {y.shape}")
-    if len(y) != X.shape[0]:
-        raise ValueError(f"mismatched lengths: {X.shape[0]} images but {len(y)} labels")
-    if y.size and not np.issubdtype(y.dtype, np.integer):
-        if np.issubdtype(y.dtype, np.floating) and np.all(np.isfinite(y)) and np.all(np.mod(y, 1) == 0):
-            y = y.astype(np.int64)
-        else:
-            raise TypeError(f"labels must be integer class indices, got dtype {y.dtype}")
-
-    def reader(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        x = X[torch.from_numpy(idx)] if isinstance(X, torch.Tensor) else X[idx]
-        return _to_numpy(x), y[idx]
-
-    return _Source(int(X.shape[0]), tuple(int(s) for s in X.shape[1:]), y.astype(np.int64), reader,
-                   None, None, None, num_workers)
-
-
-# -----------------------------------------------------------------------------
-# models
-# -----------------------------------------------------------------------------
-def _first_conv_channels(module: nn.Module) -> int | None:
-    for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.Conv1d, nn.Conv3d)):
-            return int(m.in_channels)
-    return None
-
-
-class _Predictor:
-    """Turns any supported model into ``x (B, C, H, W) tensor -> predicted labels (B,) long``."""
-
-    def __init__(self, model: Any, device: Any = None, *, amp: bool = False, channels_last: bool = False) -> None:
-        self.kind: str
-        self.amp = amp
-        self.channels_last = channels_last
-        self.name = type(model).__name__
-        module = None
-        if isinstance(model, nn.Module):
-            module = model
-        elif hasattr(model, "module_") and isinstance(getattr(model, "module_"), nn.Module) and hasattr(model, "predict"):
-            module = model.module_  # skorch: call the fitted module directly (same argmax as predict)
-            if device is None and getattr(model, "device", None):
-                device = model.device
-            self.name = f"{type(model).__name__}({type(module).__name__})"
-        if module is not None:
-            self.kind = "torch"
-            if device is None:
-                p = next(module.parameters(), None)
-                device = p.device if p is not None else "cpu"
-            self.device = torch.device(device)
-            self.module = module.to(self.device).eval()
-            if channels_last and self.device.type == "cuda":
-                self.module = self.module.to(memory_format=torch.channels_last)
-            self.expected_channels = _first_conv_channels(module)
-        elif hasattr(model, "predict") and callable(model.predict):
-            self.kind = "sklearn"
-            self.model = model
-            self.device = torch.device(device or "cpu")
-            self.expected_channels = getattr(model, "n_channels_", None)
-        elif callable(model):
-            self.kind = "callable"
-            self.model = model
-            self.device = torch.device(device or "cpu")
-            self.expected_channels = None
-        else:
-            raise TypeError(
-                "model must be a torch nn.Module returning logits, an object with .predict "
-                f"(sklearn / skorch), or a callable returning scores or labels; got {type(model).__name__}"
-            )
-
-    def raw(self, x: torch.Tensor) -> Any:
-        if self.kind == "torch":
-            if self.channels_last and x.is_cuda:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.inference_mode():
-                if self.amp and x.is_cuda:
-                    with torch.autocast("cuda", dtype=torch.bfloat16):
-                        return self.module(x)
-                return self.module(x)
-        if self.kind == "sklearn":
-            return self.model.predict(x.detach().cpu().numpy())
-        with torch.inference_mode():
-            return self.model(x)
-
-    def __call__(self, x: torch.Tensor, n_classes: int) -> torch.Tensor:
-        out = self.raw(x)
-        if not isinstance(out, torch.Tensor):
-            out = torch.as_tensor(np.asarray(out))
-        out = out.to(x.device)
-        if out.ndim == 2 and out.shape[0] == x.shape[0]:
-            if out.shape[1] < 2:
-                raise ValueError(
-                    f"model returned {out.shape[1]} score column(s); pxpermute needs one score per class "
-                    "(for a binary model with a single logit, return torch.cat([-z, z], 1))"
-                )
-            if out.shape[1] != n_classes:
-                raise ValueError(f"model returned scores for {out.shape[1]} classes but the data have {n_classes} classes")
-            pred = out.argmax(dim=1)
-        elif out.ndim == 1 and out.shape[0] == x.shape[0]:
-            if out.is_floating_point():
-                if not torch.all(out == out.round()):
-                    raise ValueError("model returned a 1-D float output that is not class labels; return (B, K) scores or integer labels")
-            pred = out.long()
-        else:
-            raise ValueError(f"model output has shape {tuple(out.shape)} for a batch of {x.shape[0]}; expected (B, K) scores or (B,) labels")
-        if pred.numel() and (int(pred.min()) < 0 or int(pred.max()) >= n_classes):
-            raise ValueError(
-                f"model predicted class {int(pred.max()) if int(pred.max()) >= n_classes else int(pred.min())} "
-                f"outside [0, {n_classes}); pass class_names / n_classes matching the model"
-            )
-        return pred
-
-
-def as_predictor(model: Any, device: Any = None, **kw: Any) -> _Predictor:
-    return _Predictor(model, device, **kw)
 
 
 # -----------------------------------------------------------------------------
@@ -439,8 +226,8 @@ def channel_importance(
     n_bootstrap: int = 0,
     confidence: float = 0.95,
     max_samples: int | float | None = None,
-    adaptive: "bool | Mapping[str, Any] | AdaptiveK" = False,
-    checkpoint: "str | os.PathLike | None" = None,
+    adaptive: bool | Mapping[str, Any] | AdaptiveK = False,
+    checkpoint: str | os.PathLike | None = None,
     chunk_repeats: int | None = None,
 ) -> ImportanceResult:
     """Channel importance by perturbing one channel (or group) at a time.
@@ -496,7 +283,7 @@ def channel_importance(
         into one pass.  Does not change the result.  ``"auto"``: the largest
         power of two that fits the GPU's memory (halved for headroom), or a
         size bounded by the image size on CPU (see
-        :func:`pxpermute.scale.auto_batch_size`).
+        :func:`pxpermute.predictor.auto_batch_size`).
     random_state : int or None
         Seed.  Each permutation is a function of (seed, sample index, unit,
         repeat), so the result is bit-identical for any batch size.  ``None``
@@ -529,11 +316,11 @@ def channel_importance(
         full size.  Data without stored labels (a plain torch Dataset) are read
         once to find the labels.  With ``perturbation="sample"`` donor images
         still come from the whole data set.
-    adaptive : bool, dict or :class:`~pxpermute.scale.AdaptiveK`
+    adaptive : bool, dict or :class:`~pxpermute.adaptive.AdaptiveK`
         Adaptive k: add repeats in chunks and stop once the ranking is settled
         (adjacent units' confidence intervals separate or differ by less than a
         tie tolerance, or the ranking is unchanged over ``patience`` chunks; see
-        :class:`~pxpermute.scale.AdaptiveK`), at most ``n_repeats``.
+        :class:`~pxpermute.adaptive.AdaptiveK`), at most ``n_repeats``.
         ``result.info["n_repeats"]`` is the k used, ``info["adaptive"]`` the rule
         and why it stopped.  A dict sets the rule's options
         (``min_repeats``, ``chunk``, ``patience``, ``confidence``, ``tol``).
@@ -542,7 +329,7 @@ def channel_importance(
         (atomically, with a checksum).  Rerunning the same call continues from
         it and gives the identical result; a corrupted file, or one written for
         another seed / model / data / channels, raises
-        :class:`~pxpermute.scale.CheckpointError`.
+        :class:`~pxpermute.checkpoint.CheckpointError`.
     chunk_repeats : int, optional
         Repeats per chunk (default: all at once; 10 with a checkpoint; the
         adaptive rule's ``chunk`` with ``adaptive``).  Does not change the result.
@@ -577,33 +364,26 @@ def channel_importance(
     (array([0.01, 1.  , 1.  ]), 50)
     """
     t0 = time.perf_counter()
-    if isinstance(n_repeats, bool) or not isinstance(n_repeats, (int, np.integer)):
-        raise TypeError(f"n_repeats must be an integer >= 1, got {n_repeats!r}")
-    if n_repeats < 1:
-        raise ValueError(f"n_repeats must be >= 1, got {n_repeats}")
-    if perturbation not in PERTURBATIONS:
-        raise ValueError(f"unknown perturbation {perturbation!r}; choose one of {sorted(PERTURBATIONS)}")
-    if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r}; choose one of {sorted(METRICS)}")
-    if aggregate not in ("mean", "median"):
-        raise ValueError(f"aggregate must be 'mean' or 'median', got {aggregate!r}")
-    if batch_size != "auto" and (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
-                                 or batch_size < 1):
-        raise ValueError(f"batch_size must be a positive integer or 'auto', got {batch_size!r}")
-    if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, (int, np.integer)) or n_bootstrap < 0:
-        raise ValueError(f"n_bootstrap must be a non-negative integer (0 = no bootstrap), got {n_bootstrap!r}")
+    n_repeats = check_int(n_repeats, "n_repeats", low=1)
+    check_choice(perturbation, "perturbation", PERTURBATIONS)
+    check_choice(metric, "metric", METRICS)
+    check_choice(aggregate, "aggregate", ("mean", "median"))
+    if batch_size != "auto":
+        try:
+            check_int(batch_size, "batch_size", low=1)
+        except ParameterError as err:
+            raise ParameterError(f"{err} (or 'auto')") from None
+    n_bootstrap = check_int(n_bootstrap, "n_bootstrap", low=0)
     confidence = _check_confidence(confidence)
+    for flag in ("shared_group_permutation", "amp", "channels_last", "progress"):
+        check_bool(locals()[flag], flag)
+    check_int(num_workers, "num_workers", low=0)
+    check_float(fill_value, "fill_value")
+    check_int(chunk_repeats, "chunk_repeats", low=1, allow_none=True)
+    check_int(n_classes, "n_classes", low=1, allow_none=True)
     if max_samples is not None:
         resolve_max_samples(max_samples, 1)  # type/range check before any data are read
-    if random_state is None:
-        random_state = int(np.random.SeedSequence().entropy % (2**63))
-    elif isinstance(random_state, np.random.Generator):
-        random_state = int(random_state.integers(2**63))
-    elif not isinstance(random_state, (int, np.integer)) or random_state < 0:
-        raise TypeError(f"random_state must be a non-negative int or None, got {random_state!r}")
-    random_state = int(random_state)
-    from .scale import agree_seed
-
+    random_state = check_random_state(random_state)
     random_state = agree_seed(random_state)  # distributed: every rank uses rank 0's seed
 
     src = as_source(data, labels, num_workers=num_workers)
@@ -651,8 +431,6 @@ def channel_importance(
     perturb = PERTURBATIONS[perturbation]
     seed = seed_words(random_state)
     if isinstance(batch_size, str):  # "auto"
-        from .scale import auto_batch_size
-
         batch_size = auto_batch_size(pred_fn, (C, H, W), n_classes=K)
 
     ctx = PerturbContext(seed, src.n, fetch=src.fetch, fill_value=fill_value,
@@ -666,30 +444,25 @@ def channel_importance(
         indices = stratified_subsample(all_labels, max_samples, random_state=random_state)
     boot = BootstrapCollector()
 
-    from . import scale
-
-    rule = scale.AdaptiveK.coerce(adaptive) if R > 1 else None
-    if chunk_repeats is not None and (isinstance(chunk_repeats, bool) or not isinstance(chunk_repeats, (int, np.integer))
-                                      or chunk_repeats < 1):
-        raise ValueError(f"chunk_repeats must be a positive integer, got {chunk_repeats!r}")
-    rank, world = scale.distributed_context()
+    rule = AdaptiveK.coerce(adaptive) if R > 1 else None
+    rank, world = distributed_context()
     fp = None
     if checkpoint is not None or world > 1:
-        fp = scale.fingerprint(
+        fp = fingerprint(
             random_state=random_state, perturbation=perturbation, units=units, unit_names=unit_names,
             class_names=cls_names, shared_group_permutation=shared_group_permutation,
             fill_value=fill_value if perturbation == "fill" else None,
-            model=scale.model_digest(pred_fn), data=scale.data_digest(src, indices),
+            model=model_digest(pred_fn), data=data_digest(src, indices),
             extra={"n_bootstrap": int(n_bootstrap)},
         )
     if rule is not None and chunk_repeats is not None:
-        rule = scale.AdaptiveK(**{**rule.__dict__, "chunk": int(chunk_repeats)})
+        rule = AdaptiveK(**{**rule.__dict__, "chunk": int(chunk_repeats)})
 
     def _score(base: np.ndarray, conf: np.ndarray) -> np.ndarray:
         return ImportanceResult.from_confusion(base, conf, metric=metric, aggregate=aggregate,
                                                channel_names=unit_names, class_names=cls_names).importances
 
-    run = scale.run_repeats(
+    run = run_repeats(
         plan, indices, R, accumulate=boot.wrap(accumulate), adaptive=rule, chunk=chunk_repeats, checkpoint=checkpoint,
         fp=fp, score=_score, aggregate=aggregate, progress=progress and rank == 0, desc=f"{perturbation} k={R}",
         collector=boot,
@@ -728,8 +501,6 @@ def channel_importance(
     if n_bootstrap:
         info["n_bootstrap"] = int(n_bootstrap)
         info["bootstrap"] = "poisson"
-    from . import __version__
-
     info["pxpermute_version"] = __version__
     return ImportanceResult.from_confusion(
         base_np, cm_np, metric=metric, aggregate=aggregate, channel_names=unit_names, class_names=cls_names,

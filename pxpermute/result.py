@@ -1,9 +1,6 @@
 """The result object shared by PXPermute, occlusion and the attribution baselines."""
 from __future__ import annotations
 
-import hashlib
-import io
-import json
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -12,16 +9,12 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ._fileio import ResultFileError, load_bundle, save_bundle
 from .metrics import compute_metric, present_classes
 
 __all__ = ["ImportanceResult", "ResultFileError"]
 
-FORMAT_VERSION = 1
 _ATTRIBUTION_METHODS = {"integrated_gradients", "deeplift", "guided_gradcam", "lrp"}
-
-
-class ResultFileError(OSError):
-    """A saved result is missing, truncated, corrupted or inconsistent."""
 
 
 class ImportanceResult:
@@ -380,58 +373,26 @@ class ImportanceResult:
 
         Both files are written to temporary names first and renamed, so an
         interrupted save never leaves a half-written result behind; the JSON
-        records the SHA-256 of the NPZ so :meth:`load` detects corruption.
-        Returns the JSON path.
+        records the SHA-256 of the NPZ so :meth:`load` detects corruption
+        (see :mod:`pxpermute._fileio`).  Returns the JSON path.
         """
-        stem = Path(path)
-        if stem.suffix in (".json", ".npz"):
-            stem = stem.with_suffix("")
-        stem.parent.mkdir(parents=True, exist_ok=True)
         arrays = {"importances": self.importances, "present_classes": self.present_classes}
         for name in ("drops", "baseline_scores", "confusion", "baseline_confusion", "bootstrap_confusion",
                      "bootstrap_baseline_confusion"):
-            val = getattr(self, name)
-            if val is not None:
-                arrays[name] = val
-        buf = io.BytesIO()
-        np.savez_compressed(buf, **arrays)
-        blob = buf.getvalue()
+            arrays[name] = getattr(self, name)
         meta = {
-            "format": "pxpermute-result",
-            "format_version": FORMAT_VERSION,
             "channel_names": self.channel_names,
             "class_names": self.class_names,
             "groups": self.groups,
-            "info": _jsonable(self.info),
-            "npz_sha256": hashlib.sha256(blob).hexdigest(),
-            "summary": _jsonable(self.to_frame().to_dict(orient="records")),
+            "info": self.info,
+            "summary": self.to_frame().to_dict(orient="records"),
         }
-        npz_path, json_path = stem.with_suffix(".npz"), stem.with_suffix(".json")
-        _atomic_write(npz_path, blob)
-        _atomic_write(json_path, json.dumps(meta, indent=2, allow_nan=True).encode())
-        return json_path
+        return save_bundle(path, meta, arrays, kind="ImportanceResult")
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "ImportanceResult":
+    def load(cls, path: str | os.PathLike) -> ImportanceResult:
         """Read a result written by :meth:`save`; raises :class:`ResultFileError` if damaged."""
-        stem = Path(path)
-        if stem.suffix in (".json", ".npz"):
-            stem = stem.with_suffix("")
-        json_path, npz_path = stem.with_suffix(".json"), stem.with_suffix(".npz")
-        for p in (json_path, npz_path):
-            if not p.exists():
-                raise ResultFileError(f"result file {p} is missing (a result is a .json + .npz pair)")
-        try:
-            meta = json.loads(json_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ResultFileError(f"{json_path} is not valid JSON (truncated or corrupted?): {err}") from err
-        if meta.get("format") != "pxpermute-result":
-            raise ResultFileError(f"{json_path} is not a pxpermute result file")
-        blob = npz_path.read_bytes()
-        if hashlib.sha256(blob).hexdigest() != meta.get("npz_sha256"):
-            raise ResultFileError(f"{npz_path} does not match the checksum recorded in {json_path}: corrupted or truncated")
-        with np.load(io.BytesIO(blob)) as z:
-            arrays = {k: z[k] for k in z.files}
+        meta, arrays = load_bundle(path, kind="ImportanceResult")
         return cls(
             arrays["importances"],
             channel_names=meta["channel_names"],
@@ -453,28 +414,3 @@ def _minmax(values: np.ndarray, ref: np.ndarray) -> np.ndarray:
     if not np.isfinite(hi - lo) or hi - lo <= 0:
         return np.zeros_like(np.asarray(values, dtype=float))
     return (np.asarray(values, dtype=float) - lo) / (hi - lo)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    return str(obj)

@@ -48,11 +48,12 @@ from __future__ import annotations
 
 import math
 from numbers import Integral, Real
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
+from ._validation import ParameterError
 from .metrics import METRICS, compute_metric
 
 __all__ = [
@@ -70,6 +71,8 @@ __all__ = [
     "per_class_frame",
     "BootstrapCollector",
     "ZERO_TOL",
+    "t_interval",
+    "TInterval",
 ]
 
 #: importances within this distance of 0 count as exactly 0 (floating-point noise
@@ -241,8 +244,74 @@ def pooled_importance(baseline_confusion: np.ndarray, confusion: np.ndarray, *, 
 # -----------------------------------------------------------------------------
 def _check_confidence(confidence: float) -> float:
     if isinstance(confidence, bool) or not isinstance(confidence, Real) or not 0.0 < float(confidence) < 1.0:
-        raise ValueError(f"confidence must be a number strictly between 0 and 1 (e.g. 0.95), got {confidence!r}")
+        raise ParameterError(f"confidence must be a number strictly between 0 and 1 (e.g. 0.95), got {confidence!r}")
     return float(confidence)
+
+
+class TInterval(NamedTuple):
+    """Mean, standard deviation (ddof=1), standard error, t-interval bounds and the count used."""
+
+    mean: Any
+    std: Any
+    sem: Any
+    low: Any
+    high: Any
+    n: Any
+
+
+def t_interval(values: Any, confidence: float = 0.95, *, axis: int | None = 0, omit_nan: bool = True) -> TInterval:
+    """Student-t interval of the mean: ``mean +- t_{(1+confidence)/2, n-1} * std / sqrt(n)``.
+
+    The one t-interval of the package (importances over repeats, per-class drops,
+    fold means, the adaptive-k rule).  It covers the randomness *of the values
+    given* (e.g. the permutations when the values are repeats), nothing else.
+
+    Parameters
+    ----------
+    values : array-like
+    confidence : float in (0, 1)
+        Two-sided level.
+    axis : int or None
+        Axis to summarize (None: all values).
+    omit_nan : bool
+        Leave non-finite values out (the count ``n`` may then differ per column).
+
+    Returns
+    -------
+    TInterval
+        ``mean, std, sem, low, high, n`` (floats for 1-D input with ``axis=0`` or
+        ``axis=None``, arrays otherwise).  With ``n == 1``: ``std = 0`` and a NaN
+        ``sem``/interval; with ``n == 0`` everything is NaN.
+
+    Examples
+    --------
+    >>> r = t_interval([1.0, 2.0, 3.0])
+    >>> round(r.mean, 3), round(r.low, 3), round(r.high, 3)
+    (2.0, -0.484, 4.484)
+    """
+    from scipy import stats as sps
+
+    level = _check_confidence(confidence)
+    v = np.asarray(values, dtype=np.float64)
+    if axis is None:
+        v, axis = v.reshape(-1), 0
+    finite = np.isfinite(v) if omit_nan else np.ones(v.shape, bool)
+    n = finite.sum(axis=axis)
+    vz = np.where(finite, v, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = vz.sum(axis=axis) / n
+        dev = np.where(finite, v - np.expand_dims(mean, axis), 0.0)
+        var = (dev ** 2).sum(axis=axis) / (n - 1)
+        std = np.where(n > 1, np.sqrt(var), np.where(n == 1, 0.0, np.nan))
+        sem = np.where(n > 1, std / np.sqrt(np.maximum(n, 1)), np.nan)
+        tq = sps.t.ppf(0.5 + level / 2, np.maximum(n - 1, 1))
+        half = np.where(n > 1, tq * sem, np.nan)
+    if not omit_nan:
+        mean = np.where(n > 0, mean, np.nan)
+    out = [mean, std, sem, mean - half, mean + half, n]
+    if np.ndim(mean) == 0:
+        out = [float(x) for x in out[:5]] + [int(n)]
+    return TInterval(*out)
 
 
 def percentile_interval(replicates: np.ndarray, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
@@ -392,12 +461,9 @@ def _all_reduce(t: torch.Tensor) -> torch.Tensor:
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
         return t
-    try:
-        from .scale import _all_reduce_sum
-    except ImportError:  # pragma: no cover - scale.py ships with the package
-        dist.all_reduce(t)
-        return t
-    return _all_reduce_sum(t)
+    from .distributed import all_reduce_sum
+
+    return all_reduce_sum(t)
 
 
 class BootstrapCollector:
@@ -497,7 +563,6 @@ def per_class_frame(result: Any) -> "Any":
     import warnings
 
     import pandas as pd
-    from scipy import stats as sps
 
     if result.drops is None:
         raise ValueError("this result has no per-class detail")
@@ -507,11 +572,9 @@ def per_class_frame(result: Any) -> "Any":
     level = float(result.info.get("confidence", 0.95))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        mean = np.nanmean(d, axis=0)
         median = np.nanmedian(d, axis=0)
-        std = np.nanstd(d, axis=0, ddof=1) if R > 1 else np.zeros((U, Kp))
-    sem = std / np.sqrt(R) if R > 1 else np.full((U, Kp), np.nan)
-    half = sps.t.ppf(0.5 + level / 2, R - 1) * sem if R > 1 else np.full((U, Kp), np.nan)
+    ti = t_interval(d, level, axis=0)
+    mean, std, sem = ti.mean, ti.std, ti.sem
     cols: dict[str, Any] = {
         "method": result.info.get("method", "pxpermute"),
         "channel": np.repeat(result.channel_names, Kp),
@@ -521,8 +584,8 @@ def per_class_frame(result: Any) -> "Any":
         "median": median.reshape(-1),
         "std": std.reshape(-1),
         "sem": sem.reshape(-1),
-        "ci_low": (mean - half).reshape(-1),
-        "ci_high": (mean + half).reshape(-1),
+        "ci_low": ti.low.reshape(-1),
+        "ci_high": ti.high.reshape(-1),
     }
     if getattr(result, "class_p_values", None) is not None:
         cols["boot_se"] = result.class_se.reshape(-1)
