@@ -39,3 +39,6 @@ __all__ += ["paper_numbers"]
 from .synthetic import SYNTHETIC_PRESETS, expected_ranking, expected_relevance, make_synthetic  # noqa: E402
 
 __all__ += ["make_synthetic", "SYNTHETIC_PRESETS", "expected_relevance", "expected_ranking"]
+from .cif import CIFError, CIFFile, CIFImages, cif_to_hdf5, fetch_cif_example, load_cif  # noqa: E402
+
+__all__ += ["CIFFile", "CIFImages", "CIFError", "load_cif", "cif_to_hdf5", "fetch_cif_example"]
