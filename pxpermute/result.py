@@ -2,15 +2,17 @@
 from __future__ import annotations
 
 import os
+import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from ._fileio import ResultFileError, load_bundle, save_bundle
 from .metrics import compute_metric, present_classes
+from .stats import t_interval
 
 __all__ = ["ImportanceResult", "ResultFileError"]
 
@@ -89,6 +91,11 @@ class ImportanceResult:
         info: dict[str, Any] | None = None,
         bootstrap_confusion: np.ndarray | None = None,
         bootstrap_baseline_confusion: np.ndarray | None = None,
+        folds: np.ndarray | None = None,
+        fold_keys: Sequence[Any] | None = None,
+        fold_name: str = "fold",
+        fold_baseline_scores: np.ndarray | None = None,
+        fold_baseline_confusion: np.ndarray | None = None,
     ) -> None:
         imp = np.asarray(importances, dtype=np.float64)
         if imp.ndim == 1:
@@ -113,6 +120,21 @@ class ImportanceResult:
         self.groups = groups
         self.info = dict(info or {})
         self.info.setdefault("aggregate", "mean")
+        self.fold_name = str(fold_name)
+        if folds is None:
+            self.folds, self.fold_keys = None, None
+            self.fold_baseline_scores = self.fold_baseline_confusion = None
+        else:
+            self.folds = np.asarray(folds, dtype=np.int64).reshape(-1)
+            if self.folds.shape[0] != imp.shape[0]:
+                raise ValueError(f"folds must give one fold index per repeat ({imp.shape[0]}), got {self.folds.shape[0]}")
+            n_f = int(self.folds.max()) + 1 if self.folds.size else 0
+            self.fold_keys = list(fold_keys) if fold_keys is not None else list(range(n_f))
+            if len(self.fold_keys) < n_f or (self.folds.size and self.folds.min() < 0):
+                raise ValueError(f"fold indices must lie in [0, {len(self.fold_keys)}), got {sorted(set(self.folds.tolist()))}")
+            self.fold_baseline_scores = (None if fold_baseline_scores is None
+                                         else np.asarray(fold_baseline_scores, dtype=np.float64))
+            self.fold_baseline_confusion = None if fold_baseline_confusion is None else np.asarray(fold_baseline_confusion)
         self._summarize()
 
     # -- construction from confusion matrices ----------------------------------
@@ -154,6 +176,12 @@ class ImportanceResult:
 
     def rescore(self, metric: str, *, aggregate: str | None = None) -> "ImportanceResult":
         """The same run scored with another metric (from the stored confusion matrices)."""
+        if self.folds is not None:
+            if self.fold_baseline_confusion is None or self.confusion is None:
+                raise ValueError("this pooled result holds no confusion matrices; cannot rescore")
+            return ImportanceResult.concat([self.fold(i).rescore(metric, aggregate=aggregate)
+                                            for i in range(len(self.fold_keys))],
+                                           keys=self.fold_keys, name=self.fold_name)
         if self.confusion is None or self.baseline_confusion is None:
             raise ValueError("this result holds no confusion matrices (e.g. an attribution baseline); cannot rescore")
         info = {k: v for k, v in self.info.items() if k not in ("metric", "aggregate")}
@@ -171,22 +199,201 @@ class ImportanceResult:
             bootstrap_baseline_confusion=self.bootstrap_baseline_confusion,
         )
 
+    # -- several folds ------------------------------------------------------------
+    @classmethod
+    def concat(
+        cls,
+        results: Sequence[ImportanceResult] | Mapping[Any, ImportanceResult],
+        *,
+        keys: Sequence[Any] | None = None,
+        name: str = "fold",
+    ) -> ImportanceResult:
+        """Pool results of several folds (or runs) on the same channels into one result.
+
+        The repeats of all folds are stacked, so ``importances`` has shape
+        ``(sum of repeats, C)`` and ``importance`` is the mean (or median) over
+        all of them -- with equal repeats per fold, the mean of the fold means.
+        The fold structure is kept: ``folds`` (fold index of each repeat),
+        ``fold_keys``, ``fold_importances`` (F, C), the per-fold baselines, and a
+        ``fold`` column (named ``name``) in ``to_frame("repeat")``,
+        ``to_frame("class")`` and ``to_frame("fold")`` (one row per fold and
+        channel).  :meth:`fold` gives one fold back.
+
+        The repeat interval ``ci_low/high`` of the pooled result still covers
+        only the permutations; for the spread between folds (models and test
+        cells) use ``to_frame("fold")`` / ``fold_importances``.  Bootstrap
+        counts are not pooled (folds have different models and test cells).
+
+        Parameters
+        ----------
+        results : sequence of ImportanceResult, or mapping key -> ImportanceResult
+            Same channels (names and order), classes, metric and aggregate.
+        keys : sequence, optional
+            One label per result (default: the mapping's keys, else 0, 1, ...).
+        name : str, default "fold"
+            Name of the fold column.
+
+        Returns
+        -------
+        ImportanceResult
+
+        Examples
+        --------
+        >>> a = ImportanceResult([[0.3, 0.1], [0.2, 0.0]], channel_names=["BF", "DNA"])
+        >>> b = ImportanceResult([[0.1, 0.4], [0.2, 0.2]], channel_names=["BF", "DNA"])
+        >>> pooled = ImportanceResult.concat([a, b])
+        >>> pooled.importances.shape, pooled.fold_importances.round(2).tolist()
+        ((4, 2), [[0.25, 0.05], [0.15, 0.3]])
+        >>> pooled.to_frame("repeat").columns.tolist()
+        ['method', 'fold', 'repeat', 'channel', 'importance']
+        """
+        if isinstance(results, Mapping):
+            if keys is None:
+                keys = list(results.keys())
+            results = list(results.values())
+        results = list(results)
+        if not results:
+            raise ValueError("concat needs at least one ImportanceResult, got none")
+        for i, r in enumerate(results):
+            if not isinstance(r, ImportanceResult):
+                raise TypeError(f"concat takes ImportanceResult objects; item {i} is a {type(r).__name__}")
+            if r.folds is not None:
+                raise ValueError(f"item {i} is already pooled over {r.fold_name}s; concat the original results")
+        keys = list(range(len(results))) if keys is None else list(keys)
+        if len(keys) != len(results):
+            raise ValueError(f"{len(keys)} keys for {len(results)} results")
+        if len({str(k) for k in keys}) != len(keys):
+            raise ValueError(f"keys must be distinct, got {keys}")
+        first = results[0]
+        for i, r in enumerate(results[1:], 1):
+            if r.channel_names != first.channel_names:
+                raise ValueError(f"result {keys[i]!r} has channels {r.channel_names}, result {keys[0]!r} has "
+                                 f"{first.channel_names}; only results on the same channels can be pooled")
+            if r.class_names != first.class_names:
+                raise ValueError(f"result {keys[i]!r} has classes {r.class_names}, result {keys[0]!r} has "
+                                 f"{first.class_names}")
+            for field in ("metric", "aggregate", "perturbation", "method"):
+                if r.info.get(field) != first.info.get(field):
+                    raise ValueError(f"result {keys[i]!r} has {field}={r.info.get(field)!r}, result {keys[0]!r} "
+                                     f"has {field}={first.info.get(field)!r}; pool results of one kind only")
+
+        def stack(attr: str) -> np.ndarray | None:
+            vals = [getattr(r, attr) for r in results]
+            if any(v is None for v in vals) or len({np.shape(v)[1:] for v in vals}) != 1:
+                return None
+            return np.concatenate(vals, axis=0)
+
+        def per_fold(attr: str) -> np.ndarray | None:
+            vals = [getattr(r, attr) for r in results]
+            if any(v is None for v in vals) or len({np.shape(v) for v in vals}) != 1:
+                return None
+            return np.stack(vals)
+
+        drops = stack("drops")
+        confusion = stack("confusion")
+        fold_base = per_fold("baseline_scores")
+        fold_base_cm = per_fold("baseline_confusion") if confusion is not None else None
+        present = np.any(np.stack([r.present_classes for r in results]), axis=0) \
+            if len({r.present_classes.shape for r in results}) == 1 else None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            base = None if fold_base is None else np.nanmean(fold_base, axis=0)
+        folds = np.concatenate([np.full(r.n_repeats, i, np.int64) for i, r in enumerate(results)])
+        info = dict(first.info)
+        info.update(
+            n_repeats=int(folds.size),
+            n_folds=len(results),
+            fold_name=str(name),
+            n_repeats_per_fold=[r.n_repeats for r in results],
+        )
+        if all("n_samples" in r.info for r in results):
+            info["n_samples"] = int(sum(int(r.info["n_samples"]) for r in results))
+        for field in ("random_state", "model", "data", "runtime_s", "n_forward_images"):
+            vals = [r.info.get(field) for r in results]
+            if field in ("runtime_s", "n_forward_images") and all(v is not None for v in vals):
+                info[field] = sum(vals)
+            elif len({str(v) for v in vals}) > 1:
+                info[field] = vals
+        for field in ("n_bootstrap", "bootstrap", "checkpoint", "resumed_repeats"):
+            info.pop(field, None)
+        return cls(
+            np.concatenate([r.importances for r in results], axis=0),
+            channel_names=first.channel_names,
+            class_names=first.class_names,
+            drops=drops,
+            baseline_scores=base,
+            confusion=confusion,
+            baseline_confusion=None if fold_base_cm is None else fold_base_cm.sum(axis=0),
+            present=present,
+            groups=first.groups,
+            info=info,
+            folds=folds,
+            fold_keys=keys,
+            fold_name=name,
+            fold_baseline_scores=fold_base,
+            fold_baseline_confusion=fold_base_cm,
+        )
+
+    @property
+    def n_folds(self) -> int:
+        """Folds pooled by :meth:`concat` (1 for a single run)."""
+        return 1 if self.folds is None else len(self.fold_keys)
+
+    @property
+    def fold_importances(self) -> np.ndarray:
+        """Importance per fold, ``(F, C)``: mean (or median, per ``aggregate``) over that fold's repeats."""
+        if self.folds is None:
+            return self.importance[None, :].copy()
+        agg = np.median if self.info.get("aggregate") == "median" else np.mean
+        return np.stack([agg(self.importances[self.folds == f], axis=0) for f in range(len(self.fold_keys))])
+
+    def fold(self, key: Any) -> ImportanceResult:
+        """The result of one pooled fold (by key, or by position when the key is not found)."""
+        if self.folds is None:
+            raise ValueError("this result is not pooled over folds (see ImportanceResult.concat)")
+        if key in self.fold_keys:
+            f = self.fold_keys.index(key)
+        elif isinstance(key, (int, np.integer)) and 0 <= key < len(self.fold_keys):
+            f = int(key)
+        else:
+            raise KeyError(f"no {self.fold_name} {key!r}; {self.fold_name}s are {self.fold_keys}")
+        sel = self.folds == f
+
+        def pick(a: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None else a[sel]
+
+        info = {k: v for k, v in self.info.items() if k not in ("n_folds", "fold_name", "n_repeats_per_fold")}
+        info["n_repeats"] = int(sel.sum())
+        info[self.fold_name] = self.fold_keys[f]
+        return ImportanceResult(
+            self.importances[sel],
+            channel_names=self.channel_names,
+            class_names=self.class_names,
+            drops=pick(self.drops),
+            baseline_scores=None if self.fold_baseline_scores is None else self.fold_baseline_scores[f],
+            confusion=pick(self.confusion),
+            baseline_confusion=None if self.fold_baseline_confusion is None else self.fold_baseline_confusion[f],
+            present=self.present_classes,
+            groups=self.groups,
+            info=info,
+        )
+
+    def _repeat_baselines(self) -> np.ndarray:
+        """Baseline scores per repeat ``(R, K')`` (per fold after :meth:`concat`)."""
+        R = self.importances.shape[0]
+        if self.folds is not None and self.fold_baseline_scores is not None:
+            return self.fold_baseline_scores[self.folds]
+        return np.broadcast_to(self.baseline_scores, (R, np.shape(self.baseline_scores)[-1]))
+
     # -- summaries ---------------------------------------------------------------
     def _summarize(self) -> None:
         imp = self.importances
-        R = imp.shape[0]
-        self.importances_mean = imp.mean(axis=0)
-        self.importances_median = np.median(imp, axis=0)
-        self.importances_std = imp.std(axis=0, ddof=1) if R > 1 else np.zeros(imp.shape[1])
         level = float(self.info.get("confidence", 0.95))
-        self.importances_sem = self.importances_std / np.sqrt(R) if R > 1 else np.full(imp.shape[1], np.nan)
-        if R > 1:
-            half = stats.t.ppf(0.5 + level / 2, R - 1) * self.importances_sem
-            self.ci_low = self.importances_mean - half
-            self.ci_high = self.importances_mean + half
-        else:
-            self.ci_low = np.full(imp.shape[1], np.nan)
-            self.ci_high = np.full(imp.shape[1], np.nan)
+        ti = t_interval(imp, level, axis=0, omit_nan=False)
+        self.importances_mean = ti.mean
+        self.importances_median = np.median(imp, axis=0)
+        self.importances_std, self.importances_sem = ti.std, ti.sem
+        self.ci_low, self.ci_high = ti.low, ti.high
         self.importance = self.importances_median if self.info.get("aggregate") == "median" else self.importances_mean
         boot: dict[str, Any] = dict.fromkeys(
             ("bootstrap_importances", "bootstrap_drops", "bootstrap_se", "bootstrap_ci_low", "bootstrap_ci_high",
@@ -239,7 +446,11 @@ class ImportanceResult:
         (repeat, channel, class) with baseline, perturbed score and drop;
         ``"per_class"``: one row per (channel, class) with the drop summarized
         over repeats (mean, std, sem, t-interval; with a bootstrap also
-        ``boot_se``, ``boot_ci_low/high`` and the per-class ``p_value``).
+        ``boot_se``, ``boot_ci_low/high`` and the per-class ``p_value``);
+        ``"fold"``: one row per (fold, channel) with the fold's importance (after
+        :meth:`concat`; a single run is one fold).  After :meth:`concat`,
+        ``"repeat"`` and ``"class"`` carry a ``fold`` column (named as given to
+        :meth:`concat`) and ``repeat`` counts within the fold.
         """
         method = self.info.get("method", "pxpermute")
         if level == "channel":
@@ -267,24 +478,25 @@ class ImportanceResult:
             return df
         if level == "repeat":
             R, C = self.importances.shape
-            return pd.DataFrame(
+            df = pd.DataFrame(
                 {
                     "method": method,
-                    "repeat": np.repeat(np.arange(R), C),
+                    "repeat": np.repeat(self._repeat_ids(), C),
                     "channel": np.tile(self.channel_names, R),
                     "importance": self.importances.reshape(-1),
                 }
             )
+            return self._with_fold(df, C)
         if level == "class":
             if self.drops is None:
                 raise ValueError("this result has no per-class detail")
             R, C, K = self.drops.shape
             names = self.class_names if K == len(self.class_names) else [self.info.get("metric", "overall")] * K
-            base = np.broadcast_to(self.baseline_scores, (R, C, K))
-            return pd.DataFrame(
+            base = np.broadcast_to(self._repeat_baselines()[:, None, :], (R, C, K))
+            df = pd.DataFrame(
                 {
                     "method": method,
-                    "repeat": np.repeat(np.arange(R), C * K),
+                    "repeat": np.repeat(self._repeat_ids(), C * K),
                     "channel": np.tile(np.repeat(self.channel_names, K), R),
                     "class": np.tile(names, R * C),
                     "baseline": base.reshape(-1),
@@ -292,11 +504,45 @@ class ImportanceResult:
                     "drop": self.drops.reshape(-1),
                 }
             )
+            return self._with_fold(df, C * K)
+        if level == "fold":
+            fi = self.fold_importances
+            F, C = fi.shape
+            keys = self.fold_keys if self.fold_keys is not None else [0]
+            counts = (np.bincount(self.folds, minlength=F) if self.folds is not None
+                      else np.array([self.n_repeats]))
+            return pd.DataFrame(
+                {
+                    "method": method,
+                    self.fold_name: np.repeat(np.asarray(keys, dtype=object), C),
+                    "channel": np.tile(self.channel_names, F),
+                    "importance": fi.reshape(-1),
+                    "n_repeats": np.repeat(counts, C),
+                }
+            )
         if level == "per_class":
             from .stats import per_class_frame
 
             return per_class_frame(self)
-        raise ValueError(f"level must be 'channel', 'repeat', 'class' or 'per_class', got {level!r}")
+        raise ValueError(f"level must be 'channel', 'repeat', 'class', 'per_class' or 'fold', got {level!r}")
+
+    def _repeat_ids(self) -> np.ndarray:
+        """Repeat number of each row of ``importances`` (counted within its fold after :meth:`concat`)."""
+        R = self.importances.shape[0]
+        if self.folds is None:
+            return np.arange(R)
+        out = np.empty(R, np.int64)
+        for f in np.unique(self.folds):
+            sel = self.folds == f
+            out[sel] = np.arange(int(sel.sum()))
+        return out
+
+    def _with_fold(self, df: pd.DataFrame, rows_per_repeat: int) -> pd.DataFrame:
+        if self.folds is None:
+            return df
+        keys = np.asarray(self.fold_keys, dtype=object)[self.folds]
+        df.insert(1, self.fold_name, np.repeat(keys, rows_per_repeat))
+        return df
 
     def per_class(self, value: str = "mean") -> pd.DataFrame:
         """Channel x class table of the drop: rows channels, columns classes.
@@ -347,7 +593,13 @@ class ImportanceResult:
         if "metric" in i:
             parts.append(f"metric={i['metric']}")
         if i.get("method") not in _ATTRIBUTION_METHODS:  # attribution results hold one row per image, not repeats
-            parts.append(f"k={self.n_repeats}")
+            if self.folds is not None:
+                per = sorted(set(np.bincount(self.folds).tolist()))
+                parts.append(f"k={per[0] if len(per) == 1 else per} x {self.n_folds} {self.fold_name}s")
+            else:
+                parts.append(f"k={self.n_repeats}")
+        elif self.folds is not None:
+            parts.append(f"{self.n_folds} {self.fold_name}s")
         if i.get("random_state") is not None:
             parts.append(f"seed={i['random_state']}")
         for key in ("data", "model"):
@@ -378,7 +630,7 @@ class ImportanceResult:
         """
         arrays = {"importances": self.importances, "present_classes": self.present_classes}
         for name in ("drops", "baseline_scores", "confusion", "baseline_confusion", "bootstrap_confusion",
-                     "bootstrap_baseline_confusion"):
+                     "bootstrap_baseline_confusion", "folds", "fold_baseline_scores", "fold_baseline_confusion"):
             arrays[name] = getattr(self, name)
         meta = {
             "channel_names": self.channel_names,
@@ -387,6 +639,9 @@ class ImportanceResult:
             "info": self.info,
             "summary": self.to_frame().to_dict(orient="records"),
         }
+        if self.folds is not None:
+            meta["fold_keys"] = self.fold_keys
+            meta["fold_name"] = self.fold_name
         return save_bundle(path, meta, arrays, kind="ImportanceResult")
 
     @classmethod
@@ -406,6 +661,11 @@ class ImportanceResult:
             info=meta.get("info"),
             bootstrap_confusion=arrays.get("bootstrap_confusion"),
             bootstrap_baseline_confusion=arrays.get("bootstrap_baseline_confusion"),
+            folds=arrays.get("folds"),
+            fold_keys=meta.get("fold_keys"),
+            fold_name=meta.get("fold_name", "fold"),
+            fold_baseline_scores=arrays.get("fold_baseline_scores"),
+            fold_baseline_confusion=arrays.get("fold_baseline_confusion"),
         )
 
 

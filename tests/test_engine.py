@@ -1,5 +1,6 @@
 """The PXPermute engine against an obviously-correct loop, determinism, perturbation contracts, bad input."""
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from sklearn.metrics import f1_score
@@ -303,3 +304,60 @@ def test_title_names_k_for_permutations_only():
     attr = ImportanceResult(np.zeros((50, 2)), channel_names=["a", "b"], info={"method": "deeplift", "n_samples": 50})
     assert "k=7" in perm.title() and "seed=3" in perm.title()
     assert "k=" not in attr.title() and "n=50" in attr.title()
+
+
+def _fold_results():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 3, 8, 8)).astype("float32")
+    y = rng.integers(0, 2, 60)
+    X[y == 1, 0, :4] += 2
+
+    def model(x):
+        return torch.stack([torch.zeros(len(x)), x[:, 0, :4].mean((1, 2)) - 1], 1)
+
+    kw = dict(progress=False)
+    a = channel_importance(model, (X[:30], y[:30]), n_repeats=4, random_state=0, **kw)
+    b = channel_importance(model, (X[30:], y[30:]), n_repeats=3, random_state=1, **kw)
+    return a, b
+
+
+def test_concat_pools_folds_and_keeps_them(tmp_path):
+    a, b = _fold_results()
+    pooled = ImportanceResult.concat({"f0": a, "f1": b}, name="split")
+    assert pooled.importances.shape == (7, 3) and pooled.n_folds == 2
+    np.testing.assert_allclose(pooled.importances_mean, np.vstack([a.importances, b.importances]).mean(0))
+    np.testing.assert_allclose(pooled.fold_importances, np.vstack([a.importance, b.importance]))
+    np.testing.assert_array_equal(pooled.fold("f1").importances, b.importances)
+    rep = pooled.to_frame("repeat")
+    assert list(rep.columns[:3]) == ["method", "split", "repeat"]
+    assert rep.groupby("split").size().to_dict() == {"f0": 4 * 3, "f1": 3 * 3}
+    assert rep["repeat"].max() == 3  # counted within the fold
+    cls = pooled.to_frame("class")
+    # each fold keeps its own baseline: score = that fold's baseline - drop
+    f1 = cls[cls.split == "f1"]
+    np.testing.assert_allclose(f1.baseline.to_numpy()[: len(b.class_names)], b.baseline_scores)
+    fold = pooled.to_frame("fold")
+    assert fold.shape == (6, 5) and fold.n_repeats.tolist() == [4] * 3 + [3] * 3
+    assert "x 2 splits" in pooled.title()
+    # rescoring works fold by fold
+    np.testing.assert_allclose(pooled.rescore("accuracy").fold_importances[1], b.rescore("accuracy").importance)
+    # the pooled result round-trips through a file, fold structure included
+    back = ImportanceResult.load(pooled.save(tmp_path / "pooled"))
+    assert back.fold_keys == ["f0", "f1"] and back.fold_name == "split"
+    pd.testing.assert_frame_equal(back.to_frame("class"), cls)
+
+
+def test_concat_rejects_what_cannot_be_pooled():
+    a, b = _fold_results()
+    with pytest.raises(ValueError, match="same channels"):
+        ImportanceResult.concat([a, ImportanceResult(b.importances, channel_names=["x", "y", "z"], info=b.info)])
+    with pytest.raises(ValueError, match="metric="):
+        ImportanceResult.concat([a, b.rescore("accuracy")])
+    with pytest.raises(ValueError, match="at least one"):
+        ImportanceResult.concat([])
+    with pytest.raises(ValueError, match="distinct"):
+        ImportanceResult.concat([a, b], keys=["k", "k"])
+    with pytest.raises(TypeError, match="item 1 is a dict"):
+        ImportanceResult.concat([a, {}])
+    with pytest.raises(ValueError, match="already pooled"):
+        ImportanceResult.concat([ImportanceResult.concat([a, b]), a])
