@@ -64,6 +64,11 @@ __all__ = [
     "load_data",
     "check_model_fits",
     "ARCHITECTURES",
+    "Download",
+    "FileStatus",
+    "download_catalog",
+    "download_status",
+    "fetch",
 ]
 
 #: architectures a state_dict can be loaded into (built by :func:`pxpermute.models.build_model`)
@@ -321,6 +326,15 @@ def _inspect(p: Path, map_location: Any) -> tuple[ModelFileInfo, Any]:
     members = _zip_members(p)
     if members is not None and _is_torchscript(members):
         return ModelFileInfo(p, "torchscript"), None
+    if members is None:
+        with open(p, "rb") as fh:
+            magic = fh.read(4)
+        if magic == b"PK\x03\x04":
+            raise ModelFileError(f"{p} is truncated or corrupted: it starts like a torch.save/TorchScript zip "
+                                 "archive, but the archive cannot be read (its end is missing?)")
+        if magic[:1] != b"\x80":  # every torch.save file is a zip archive or a binary pickle (PROTO opcode)
+            raise ModelFileError(f"{p} is not a PyTorch model file (neither a zip archive nor a pickle); "
+                                 "expected TorchScript, a state_dict or a pxpermute weights file")
     try:
         obj = _safe_torch_load(p, map_location=map_location)
     except UnsafeModelFileError:
@@ -803,3 +817,236 @@ def check_model_fits(model: Any, dataset: Any, *, device: Any = None, n_probe: i
             f"({n_data} classes: {', '.join(map(str, dataset.class_names[:8]))})"
         )
     return k
+
+
+# ---------------------------------------------------------------------------------------------
+# the download catalog: every data set and model the package can fetch (for `pxpermute fetch`/`info`)
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Download:
+    """One fetchable item: a data set, a reference table collection or a model's weights.
+
+    ``files`` are :class:`~pxpermute.datasets._download.RemoteFile` entries; their
+    ``relpath`` is relative to the data cache (``root="data"``) or, for
+    torchvision weights, to torch's hub checkpoint folder (``root="torch_hub"``,
+    verified by the hash prefix in the file name as torch does).  ``manual`` says
+    how to obtain an item that has no public download URL.
+    """
+
+    name: str
+    description: str
+    files: tuple[Any, ...] = ()
+    kind: str = "data"
+    root: str = "data"
+    manual: str | None = None
+
+
+def download_catalog() -> dict[str, Download]:
+    """Everything :func:`fetch` can download, by name.
+
+    Built from the loaders' registries (cell cycle, published data sets, the
+    paper's reference tables) plus pretrained weights, so a new registry entry is
+    all a new item needs.
+
+    Examples
+    --------
+    >>> "cellcycle" in download_catalog()
+    True
+    """
+    from .datasets import cellcycle, published, reference
+
+    cat: dict[str, Download] = {}
+
+    def add(d: Download) -> None:
+        cat[d.name] = d
+
+    add(Download("cellcycle", "Jurkat cell cycle (Blasi et al. 2016): 21 TIFF montages, 3 channels, 7 classes",
+                 tuple(cellcycle.CELLCYCLE_REGISTRY.values())))
+    reg = published.REGISTRY
+    add(Download("apoptotic", "apoptotic vs non-apoptotic cells (Kranich et al. 2020): one HDF5 file",
+                 (reg["apoptotic"],)))
+    add(Download("synapse", "immunological synapse formation (Dryad doi:10.5061/dryad.ht76hdrk7): zip archive",
+                 (reg["synapse"],)))
+    add(Download("synapse_sample_cell", "one real synapse-formation cell (scifAI layout)", (reg["synapse_sample_cell"],)))
+    wbc = published.DATASET_INFO.get("wbc", {})
+    add(Download("wbc", "white blood cells (Lippeveld et al. 2020)", (), manual=(
+        "no public download URL; obtain the HDF5 file from the authors (doi:10.1002/cyto.a.23920) and open it "
+        "with pxpermute.datasets.load_wbc(path=...)" if not wbc.get("url") else None)))
+    add(Download("reference", "the paper's published result tables (per-fold importances, panels, k ablation, "
+                 "run time) and sample image", tuple(reference.REFERENCE_REGISTRY.values()), kind="reference"))
+    try:  # optional registries of other modules (e.g. the .cif example file)
+        from .datasets import cif  # noqa: F401
+
+        for key in ("CIF_REGISTRY", "REGISTRY"):
+            extra = getattr(cif, key, None)
+            if isinstance(extra, Mapping):
+                for name, entry in extra.items():
+                    add(Download(f"cif_{name}" if not str(name).startswith("cif") else str(name),
+                                 "ImageStream .cif example file", (entry,)))
+                break
+    except ImportError:
+        pass
+    add_pretrained = _pretrained_downloads()
+    for d in add_pretrained:
+        add(d)
+    add(_imagenet_download())
+    return cat
+
+
+def _pretrained_downloads() -> list[Download]:
+    """The pretrained tutorial models (package data listed in ``pxpermute/pretrained/registry.json``)."""
+    from .datasets._download import RemoteFile
+
+    try:
+        from . import models as _models
+
+        reg = _models.pretrained_registry() if hasattr(_models, "pretrained_registry") else {}
+    except Exception:  # a damaged registry must not break `pxpermute info`
+        return []
+    out = []
+    for name, entry in sorted((reg.get("models") or {}).items()):
+        if not isinstance(entry, Mapping) or "file" not in entry:
+            continue
+        f = RemoteFile(relpath=str(entry["file"]), url=str(entry.get("url") or ""), sha256=entry.get("sha256"))
+        out.append(Download(
+            f"pretrained:{name}",
+            f"pretrained tutorial model ({entry.get('architecture', '?')}, {entry.get('n_channels', '?')} channels, "
+            f"{entry.get('n_classes', '?')} classes)",
+            (f,), kind="model", root="pretrained",
+            manual=None if entry.get("url") else "shipped inside the package; reinstall pxpermute if it is missing",
+        ))
+    return out
+
+
+def _imagenet_download() -> Download:
+    from .datasets._download import RemoteFile
+
+    try:
+        from torchvision.models import ResNet18_Weights
+
+        url = ResNet18_Weights.IMAGENET1K_V1.url
+    except Exception:  # torchvision missing or changed
+        url = "https://download.pytorch.org/models/resnet18-f37072fd.pth"
+    return Download("resnet18_imagenet", "torchvision's ImageNet ResNet18 weights (models.resnet18(pretrained=True))",
+                    (RemoteFile(relpath=url.rsplit("/", 1)[-1], url=url, sha256=None),), kind="model",
+                    root="torch_hub")
+
+
+def _root(item: Download, data_dir: str | os.PathLike | None) -> Path:
+    if item.root == "torch_hub":
+        return Path(torch.hub.get_dir()) / "checkpoints"
+    if item.root == "pretrained":
+        return Path(__file__).resolve().parent / "pretrained"
+    from .datasets._download import cache_dir
+
+    return cache_dir(data_dir)
+
+
+def _hash_prefix(relpath: str) -> str | None:
+    import re
+
+    m = re.search(r"-([0-9a-f]{8,})\.[a-z]+$", relpath)
+    return m.group(1) if m else None
+
+
+@dataclass
+class FileStatus:
+    """State of one file of a :class:`Download` in the cache."""
+
+    path: Path
+    state: str  # "verified", "present" (no pinned hash), "missing", "corrupted", "downloaded"
+    detail: str = ""
+
+
+def _status(item: Download, entry: Any, root: Path) -> FileStatus:
+    from .datasets._download import DataIntegrityError, DataUnavailableError, fetch_file, sha256sum
+
+    target = root / entry.relpath
+    if not target.exists():
+        return FileStatus(target, "missing")
+    if item.root == "torch_hub":
+        prefix = _hash_prefix(entry.relpath)
+        if prefix is None:
+            return FileStatus(target, "present", "no hash to check")
+        digest = sha256sum(target)
+        if digest.startswith(prefix):
+            return FileStatus(target, "verified")
+        return FileStatus(target, "corrupted", f"SHA-256 {digest[:12]}... does not start with {prefix}")
+    try:
+        fetch_file(entry, data_dir=root, download=False, verify=True)
+    except DataIntegrityError as err:
+        return FileStatus(target, "corrupted", _first_line(str(err), 300))
+    except DataUnavailableError:
+        return FileStatus(target, "missing")
+    if entry.sha256 is None:
+        return FileStatus(target, "present", "no pinned hash")
+    return FileStatus(target, "verified")
+
+
+def download_status(name: str, *, data_dir: str | os.PathLike | None = None) -> list[FileStatus]:
+    """State of every file of catalog item ``name`` (hashes checked; nothing is downloaded or written).
+
+    Examples
+    --------
+    >>> [s.state for s in download_status("cellcycle")][:1]  # doctest: +SKIP
+    ['verified']
+    """
+    cat = download_catalog()
+    if name not in cat:
+        raise ValueError(f"unknown download {name!r}; known: {', '.join(cat)}")
+    item = cat[name]
+    root = _root(item, data_dir)
+    return [_status(item, e, root) for e in item.files]
+
+
+def fetch(name: str, *, data_dir: str | os.PathLike | None = None) -> list[FileStatus]:
+    """Download (if missing) and verify every file of catalog item ``name``.
+
+    Files already present are verified, not downloaded again.  Offline, the
+    error names the URL and the path to save the file at.
+
+    Raises
+    ------
+    DataUnavailableError, DataIntegrityError
+        From :mod:`pxpermute.datasets._download`.
+
+    Examples
+    --------
+    >>> fetch("reference", data_dir="/path/to/cache")  # doctest: +SKIP
+    """
+    from .datasets._download import DataIntegrityError, DataUnavailableError, fetch_file
+
+    cat = download_catalog()
+    if name not in cat:
+        raise ValueError(f"unknown download {name!r}; known: {', '.join(cat)}")
+    item = cat[name]
+    root = _root(item, data_dir)
+    if item.manual:
+        if item.files and all(_status(item, e, root).state in ("verified", "present") for e in item.files):
+            return [_status(item, e, root) for e in item.files]
+        raise DataUnavailableError(f"{name}: {item.manual}")
+    out: list[FileStatus] = []
+    for entry in item.files:
+        before = _status(item, entry, root)
+        if before.state == "corrupted":
+            raise DataIntegrityError(f"{before.path} is corrupted ({before.detail}); delete it and fetch again")
+        if before.state != "missing":
+            out.append(before)
+            continue
+        if item.root == "torch_hub":
+            target = root / entry.relpath
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                torch.hub.download_url_to_file(entry.url, str(target), hash_prefix=_hash_prefix(entry.relpath),
+                                               progress=False)
+            except Exception as err:
+                raise DataUnavailableError(
+                    f"could not download {entry.url} ({type(err).__name__}: {_first_line(str(err))}). "
+                    f"Download it by hand and save it as {target}"
+                ) from err
+        else:
+            fetch_file(entry, data_dir=root, download=True, verify=True)
+        after = _status(item, entry, root)
+        out.append(FileStatus(after.path, "downloaded" if after.state in ("verified", "present") else after.state,
+                              after.detail))
+    return out
