@@ -104,6 +104,10 @@ def tier_parameters(nb_path: Path, tier: str) -> dict:
     """The parameters of ``tier`` stored in a notebook's metadata (``metadata["pxpermute"]["tiers"]``)."""
     meta = json.loads(nb_path.read_text()).get("metadata", {}).get("pxpermute", {})
     tiers = meta.get("tiers")
+    if tiers is None and tier in ("teach", "test"):  # a notebook without tiers: its defaults / legacy test values
+        print(f"note: {nb_path.name} has no metadata['pxpermute']['tiers']; {tier} tier = "
+              f"{'its parameters cell defaults' if tier == 'teach' else 'metadata test_parameters'}")
+        return dict(meta.get("test_parameters", {})) if tier == "test" else {}
     if not isinstance(tiers, dict) or tier not in tiers:
         raise KeyError(f"{nb_path.name}: metadata['pxpermute']['tiers'] has no {tier!r} tier "
                        f"(found: {sorted(tiers) if isinstance(tiers, dict) else None})")
