@@ -8,7 +8,6 @@ Training helpers (:mod:`pxpermute.training`, which needs skorch) are imported on
 first use, so ``import pxpermute`` stays light.
 """
 from ._version import __version__  # noqa: E402  (the one place the version is written)
-
 from .datasets import GroundTruth, IFCDataset, make_synthetic  # noqa: E402
 from .importance import channel_importance  # noqa: E402
 from .result import ImportanceResult  # noqa: E402

@@ -28,10 +28,10 @@ from .distributed import agree_seed, distributed_context
 from .fingerprint import data_digest, fingerprint, model_digest
 from .metrics import METRICS
 from .perturb import DETERMINISTIC, PERTURBATIONS, PerturbContext, seed_words
-from .predictor import _first_conv_channels, _Predictor, as_predictor, auto_batch_size
+from .predictor import _first_conv_channels, _Predictor, as_predictor, auto_batch_size  # noqa: F401  (old import paths)
 from .result import ImportanceResult
 from .runner import run_repeats
-from .sources import _BlockDataset, _Source, _to_numpy, as_source
+from .sources import _BlockDataset, _Source, _to_numpy, as_source  # noqa: F401  (old import paths)
 from .stats import (
     BootstrapCollector,
     _check_confidence,

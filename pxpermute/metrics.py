@@ -17,7 +17,7 @@ No warnings are emitted for either case.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

@@ -15,7 +15,7 @@ shared, so occlusion (``fill``) is the same code path as PXPermute (``pixel``).
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -228,7 +228,6 @@ def perturb_sample(x, idx, channels, unit, repeats, ctx):
     """
     if ctx.fetch is None:
         raise RuntimeError("the 'sample' perturbation needs random access to the data set")
-    B = x.shape[0]
     S = len(repeats)
     out = _stack(x, S)
     donors = sample_permutation(ctx.seed, idx, unit, repeats, ctx.n)  # (S, B)

@@ -34,7 +34,7 @@ class _Predictor:
         module = None
         if isinstance(model, nn.Module):
             module = model
-        elif hasattr(model, "module_") and isinstance(getattr(model, "module_"), nn.Module) and hasattr(model, "predict"):
+        elif isinstance(getattr(model, "module_", None), nn.Module) and hasattr(model, "predict"):
             module = model.module_  # skorch: call the fitted module directly (same argmax as predict)
             if device is None and getattr(model, "device", None):
                 device = model.device
@@ -99,7 +99,8 @@ class _Predictor:
                     raise ValueError("model returned a 1-D float output that is not class labels; return (B, K) scores or integer labels")
             pred = out.long()
         else:
-            raise ValueError(f"model output has shape {tuple(out.shape)} for a batch of {x.shape[0]}; expected (B, K) scores or (B,) labels")
+            raise ValueError(f"model output has shape {tuple(out.shape)} for a batch of {x.shape[0]}; "
+                             "expected (B, K) scores or (B,) labels")
         if pred.numel() and (int(pred.min()) < 0 or int(pred.max()) >= n_classes):
             raise ValueError(
                 f"model predicted class {int(pred.max()) if int(pred.max()) >= n_classes else int(pred.min())} "

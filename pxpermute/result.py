@@ -148,7 +148,7 @@ class ImportanceResult:
         aggregate: str = "mean",
         present: np.ndarray | None = None,
         **kwargs: Any,
-    ) -> "ImportanceResult":
+    ) -> ImportanceResult:
         """Build a result from the baseline (K, K) and perturbed (R, C, K, K) confusion matrices."""
         if aggregate not in ("mean", "median"):
             raise ValueError(f"aggregate must be 'mean' or 'median', got {aggregate!r}")
@@ -174,7 +174,7 @@ class ImportanceResult:
             **kwargs,
         )
 
-    def rescore(self, metric: str, *, aggregate: str | None = None) -> "ImportanceResult":
+    def rescore(self, metric: str, *, aggregate: str | None = None) -> ImportanceResult:
         """The same run scored with another metric (from the stored confusion matrices)."""
         if self.folds is not None:
             if self.fold_baseline_confusion is None or self.confusion is None:

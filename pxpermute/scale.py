@@ -18,13 +18,9 @@ imports this module.
 """
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from .adaptive import AdaptiveK, ranking_settled
 from .checkpoint import CHECKPOINT_VERSION, CheckpointError, load_checkpoint, save_checkpoint
@@ -43,99 +39,41 @@ from .runner import run_repeats
 
 __all__ = [
     "AdaptiveK",
+    "ranking_settled",
+    "CHECKPOINT_VERSION",
     "CheckpointError",
-    "distributed_context",
-    "shard_indices",
-    "fingerprint",
     "save_checkpoint",
     "load_checkpoint",
-    "run_repeats",
-    "ranking_settled",
+    "agree_seed",
+    "all_reduce_sum",
+    "broadcast_object",
+    "check_ranks_agree",
+    "distributed_context",
     "init_distributed",
-    "load_model",
-    "load_data",
-    "runtime_vs_loco",
+    "shard_indices",
+    "data_digest",
+    "fingerprint",
+    "fingerprint_digest",
+    "model_digest",
     "auto_batch_size",
-]
+    "run_repeats",
+    "runtime_vs_loco",
+]  # plus load_model and load_data, served lazily from pxpermute.io
 
 # old private names
 _all_reduce_sum = all_reduce_sum
 _broadcast_object = broadcast_object
 _fingerprint_digest = fingerprint_digest
 
-
-# -----------------------------------------------------------------------------
-# files for the command line: saved models and data
-# -----------------------------------------------------------------------------
-def load_model(path: str | os.PathLike, *, map_location: str | None = "cpu") -> torch.nn.Module:
-    """Load a TorchScript file or a ``torch.save``-d full ``nn.Module``.
-
-    A full-module pickle executes code when loaded (``weights_only=False``):
-    only load model files you trust.  A bare ``state_dict`` is rejected with an
-    explanation, since it does not say which architecture to build.
-
-    Examples
-    --------
-    >>> model = load_model("model.pt")  # doctest: +SKIP
-    """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"model file {path} does not exist")
-    import warnings
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated but still the portable format
-            return torch.jit.load(str(path), map_location=map_location)
-    except Exception:
-        pass
-    try:
-        obj = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as err:
-        raise ValueError(f"{path} is neither a TorchScript file nor a torch.save'd model: {type(err).__name__}: {err}") from err
-    if isinstance(obj, torch.nn.Module):
-        return obj
-    if isinstance(obj, Mapping):
-        raise TypeError(
-            f"{path} holds a {type(obj).__name__} (a state_dict?), not a model; save the whole module "
-            "(torch.save(model, path)) or a TorchScript file (torch.jit.script(model).save(path))"
-        )
-    if callable(obj):
-        return obj
-    raise TypeError(f"{path} holds a {type(obj).__name__}, expected an nn.Module or TorchScript model")
+_MOVED = {"load_model": "io", "load_data": "io"}
 
 
-def load_data(path: str | os.PathLike) -> Any:
-    """Open an HDF5 file written by :func:`~pxpermute.datasets.write_hdf5_dataset` (lazily) or an ``.npz`` with ``X``, ``y``.
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        import importlib
 
-    Returns an :class:`~pxpermute.IFCDataset`.
-
-    Examples
-    --------
-    >>> ds = load_data("test.h5")  # doctest: +SKIP
-    """
-    from .datasets import IFCDataset, load_hdf5_dataset
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"data file {path} does not exist")
-    suffix = path.suffix.lower()
-    if suffix in (".h5", ".hdf5", ".hdf"):
-        return load_hdf5_dataset(path)
-    if suffix == ".npz":
-        with np.load(path, allow_pickle=False) as z:
-            missing = {"X", "y"} - set(z.files)
-            if missing:
-                raise ValueError(f"{path} must contain arrays 'X' (N, C, H, W) and 'y' (N,); missing {sorted(missing)}, found {z.files}")
-            kw: dict[str, Any] = {}
-            for key in ("channel_names", "class_names"):
-                if key in z.files:
-                    kw[key] = [str(s) for s in z[key]]
-            X, y = z["X"], z["y"]
-        if X.ndim != 4:
-            raise ValueError(f"{path}: X must have shape (N, C, H, W), got {X.shape}")
-        return IFCDataset(X.astype(np.float32, copy=False), y, name=path.stem, **kw)
-    raise ValueError(f"unsupported data file {path}: expected .h5/.hdf5 (pxpermute HDF5) or .npz with X, y")
+        return getattr(importlib.import_module(f".{_MOVED[name]}", __package__), name)
+    raise AttributeError(f"module 'pxpermute.scale' has no attribute {name!r}")
 
 
 # -----------------------------------------------------------------------------

@@ -558,7 +558,7 @@ def bootstrap_summary(result: Any, confidence: float = 0.95) -> dict[str, Any]:
     }
 
 
-def per_class_frame(result: Any) -> "Any":
+def per_class_frame(result: Any) -> Any:
     """One row per (unit, class): the drop summarized over repeats (+ bootstrap columns). See ``to_frame("per_class")``."""
     import warnings
 

@@ -3,13 +3,19 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import DoubleLinear
 from sklearn.metrics import f1_score
 
 from pxpermute import IFCDataset, ImportanceResult, channel_importance
-from pxpermute.perturb import pixel_permutation, sample_permutation, seed_words, perturb_pixel, perturb_sample, PerturbContext
+from pxpermute.perturb import (
+    PerturbContext,
+    perturb_pixel,
+    perturb_sample,
+    pixel_permutation,
+    sample_permutation,
+    seed_words,
+)
 from pxpermute.result import ResultFileError
-
-from conftest import DoubleLinear
 
 
 class BandModel(torch.nn.Module):

@@ -1,4 +1,6 @@
-"""Scale features: distributed sharding, chunked/adaptive repeats, resumable checkpoints, the `run` CLI."""
+"""Scale features of the engine: distributed sharding, chunked/adaptive repeats, resumable checkpoints.
+
+The command line (``pxpermute run``) is tested in test_cli.py."""
 from __future__ import annotations
 
 import os
@@ -10,8 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from pxpermute import channel_importance, scale
-from pxpermute.scale import AdaptiveK, CheckpointError, ranking_settled, shard_indices
+from pxpermute import channel_importance
+from pxpermute.adaptive import AdaptiveK, ranking_settled
+from pxpermute.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from pxpermute.distributed import shard_indices
+from pxpermute.predictor import as_predictor, auto_batch_size
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -197,7 +202,7 @@ def test_checkpoint_resume_after_interruption_is_identical(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         channel_importance(model, (X, y), checkpoint=ck, chunk_repeats=4, **opts)
     del model.forward  # "restart the job"
-    state = scale.load_checkpoint(ck)
+    state = load_checkpoint(ck)
     done = state["confusion"].shape[0]
     assert 0 < done < 30 and done % 4 == 0
     res = channel_importance(model, (X, y), checkpoint=ck, chunk_repeats=4, **opts)
@@ -294,79 +299,47 @@ def test_checkpoint_file_is_written_atomically(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "replace", boom)
     with pytest.raises(OSError, match="disk full"):
-        scale.save_checkpoint(ck, {"x": 1}, np.zeros((3, 3)), np.zeros((1, 4, 3, 3)), 0)
+        save_checkpoint(ck, {"x": 1}, np.zeros((3, 3)), np.zeros((1, 4, 3, 3)), 0)
     assert ck.read_bytes() == before  # the old file is intact, no temporary left behind
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.ckpt"]
 
 
-# --------------------------------------------------------------------------- command line
-def _write_inputs(tmp_path: Path, fmt: str):
-    from pxpermute.datasets import write_hdf5_dataset
+# --------------------------------------------------------------------------- torchrun
+_TORCHRUN_SCRIPT = """
+import sys
+import numpy as np
+import torch
+from pxpermute import channel_importance
+from pxpermute.distributed import init_distributed
 
-    X, y = _data(64)
-    if fmt == "npz":
-        data = tmp_path / "test.npz"
-        np.savez(data, X=X, y=y, channel_names=np.array(["BF", "DNA", "SSC", "empty"]))
-    else:
-        data = write_hdf5_dataset(tmp_path / "test.h5", X, y, channel_names=["BF", "DNA", "SSC", "empty"])
-    model = _model()
-    mpath = tmp_path / "model.pt"
-    if fmt == "npz":
-        torch.save(model, mpath)
-    else:
-        torch.jit.script(model).save(str(mpath))
-    return X, y, model, data, mpath
-
-
-@pytest.mark.parametrize("fmt", ["npz", "h5"])
-def test_cli_run(tmp_path, fmt, capsys):
-    from pxpermute.cli import main
-    from pxpermute.result import ImportanceResult
-
-    X, y, model, data, mpath = _write_inputs(tmp_path, fmt)
-    out = tmp_path / "res"
-    rc = main(["run", "--model", str(mpath), "--data", str(data), "--k", "5", "--seed", "3", "--out", str(out),
-               "--batch-size", "32", "--quiet"])
-    assert rc == 0
-    res = ImportanceResult.load(out)
-    ref = channel_importance(model, (X, y), n_repeats=5, random_state=3, batch_size=32, progress=False)
-    np.testing.assert_array_equal(res.confusion, ref.confusion)
-    assert res.channel_names == ["BF", "DNA", "SSC", "empty"]
-    assert "BF" in capsys.readouterr().out
-
-
-def test_cli_run_errors(tmp_path):
-    from pxpermute.cli import main
-
-    X, y, model, data, mpath = _write_inputs(tmp_path, "npz")
-    sd = tmp_path / "sd.pt"
-    torch.save(model.state_dict(), sd)
-    with pytest.raises(TypeError, match="state_dict"):
-        main(["run", "--model", str(sd), "--data", str(data), "--out", str(tmp_path / "o"), "--quiet"])
-    bad = tmp_path / "bad.npz"
-    np.savez(bad, images=X)
-    with pytest.raises(ValueError, match="'X'"):
-        main(["run", "--model", str(mpath), "--data", str(bad), "--out", str(tmp_path / "o"), "--quiet"])
-    with pytest.raises(FileNotFoundError):
-        main(["run", "--model", str(tmp_path / "nope.pt"), "--data", str(data), "--out", str(tmp_path / "o")])
+rank, world, _ = init_distributed()
+torch.manual_seed(0)
+X, y = np.load(sys.argv[1] + "/data.npz").values()
+model = torch.load(sys.argv[1] + "/model.pt", weights_only=False)
+res = channel_importance(model, (X, y), n_repeats=4, batch_size=32, random_state=1, progress=False)
+np.savez(sys.argv[1] + f"/rank{rank}.npz", cm=res.confusion, world=res.info.get("world_size", 1))
+torch.distributed.destroy_process_group()
+"""
 
 
 @pytest.mark.slow
-def test_torchrun_cli_two_processes(tmp_path):
-    from pxpermute.result import ImportanceResult
-
-    X, y, model, data, mpath = _write_inputs(tmp_path, "h5")
-    out = tmp_path / "res"
+def test_torchrun_two_processes_equal_single_process(tmp_path):
+    X, y = _data(64)
+    model = _model()
+    np.savez(tmp_path / "data.npz", X=X, y=y)
+    torch.save(model, tmp_path / "model.pt")
+    script = tmp_path / "run.py"
+    script.write_text(_TORCHRUN_SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "pxpermute", "run", "--model", str(mpath), "--data", str(data), "--k", "4", "--seed", "1",
-           "--batch-size", "32", "--out", str(out), "--quiet"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script),
+           str(tmp_path)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    res = ImportanceResult.load(out)
     ref = channel_importance(model, (X, y), n_repeats=4, random_state=1, batch_size=32, progress=False)
-    np.testing.assert_array_equal(res.confusion, ref.confusion)
-    assert res.info["world_size"] == 2
+    for r in range(2):
+        out = np.load(tmp_path / f"rank{r}.npz")
+        assert int(out["world"]) == 2
+        np.testing.assert_array_equal(out["cm"], ref.confusion)
 
 
 def test_checkpoint_roundtrip_with_pooled_extras(tmp_path):
@@ -374,34 +347,33 @@ def test_checkpoint_roundtrip_with_pooled_extras(tmp_path):
     fp = {"random_state": 1, "units": [[0], [1]]}
     base, conf = rng.integers(0, 9, (3, 3)), rng.integers(0, 9, (5, 2, 3, 3))
     boot = {"baseline": rng.integers(0, 9, (7, 3, 3)), "confusion": rng.integers(0, 9, (7, 2, 3, 3))}
-    scale.save_checkpoint(tmp_path / "x", fp, base, conf, 123, extras=boot)
-    st = scale.load_checkpoint(tmp_path / "x", fp)
+    save_checkpoint(tmp_path / "x", fp, base, conf, 123, extras=boot)
+    st = load_checkpoint(tmp_path / "x", fp)
     np.testing.assert_array_equal(st["baseline"], base)
     np.testing.assert_array_equal(st["confusion"], conf)
     for k in boot:
         np.testing.assert_array_equal(st["extras"][k], boot[k])
     assert st["n_forward_images"] == 123 and st["header"]["repeats_done"] == 5
     with pytest.raises(CheckpointError, match="random_state: 1 vs 2"):
-        scale.load_checkpoint(tmp_path / "x", {**fp, "random_state": 2})
+        load_checkpoint(tmp_path / "x", {**fp, "random_state": 2})
 
 
 def test_auto_batch_size_gives_identical_result():
-    from pxpermute.importance import as_predictor
-
     X, y = _data(48)
     ref = channel_importance(_rule_model, (X, y), n_repeats=3, random_state=0, progress=False, batch_size=5)
     auto = channel_importance(_rule_model, (X, y), n_repeats=3, random_state=0, progress=False, batch_size="auto")
     np.testing.assert_array_equal(auto.confusion, ref.confusion)
     assert auto.info["batch_size"] == 256
     # large images get smaller CPU batches (bounded input bytes)
-    assert scale.auto_batch_size(as_predictor(_rule_model), (8, 128, 128), n_classes=3) == 128
-    assert scale.auto_batch_size(as_predictor(_rule_model), (12, 512, 512), n_classes=3) == 16
+    assert auto_batch_size(as_predictor(_rule_model), (8, 128, 128), n_classes=3) == 128
+    assert auto_batch_size(as_predictor(_rule_model), (12, 512, 512), n_classes=3) == 16
     with pytest.raises(ValueError, match="'auto'"):
         channel_importance(_rule_model, (X, y), n_repeats=3, progress=False, batch_size="big")
 
 
 @pytest.mark.slow
 def test_runtime_vs_loco_small():
+    from pxpermute import scale  # the old import path keeps working
     from pxpermute.datasets.synthetic import make_synthetic
 
     ds = make_synthetic("apoptotic", n_samples=60, image_size=16, random_state=0)
