@@ -173,3 +173,18 @@ def test_version_is_written_in_one_place():
     from importlib.metadata import version
 
     assert pxpermute.__version__ == version("pxpermute")
+
+
+# --------------------------------------------------------------------------- data coercion
+def test_as_dataset_is_the_one_coercer():
+    import torch
+
+    from pxpermute.datasets import IFCDataset, as_dataset
+
+    X = np.zeros((6, 3, 4, 4), np.float32)
+    y = np.array([0, 1, 2, 0, 1, 2])
+    ds = as_dataset((torch.from_numpy(X), torch.from_numpy(y)))
+    assert isinstance(ds, IFCDataset) and ds.n_channels == 3 and ds.labels.tolist() == y.tolist()
+    assert as_dataset(ds) is ds
+    with pytest.raises(TypeError, match="dataset must be an IFCDataset or an \\(images, labels\\) pair; got dict"):
+        as_dataset({}, what="dataset")

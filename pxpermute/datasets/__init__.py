@@ -1,5 +1,5 @@
 """Data sets: the dataset object, the synthetic IFC generator and published-data loaders."""
-from .base import GroundTruth, IFCDataset, resolve_channels
+from .base import GroundTruth, IFCDataset, as_dataset, resolve_channels
 from .cellcycle import load_cellcycle, load_cellcycle_sample
 from .reference import (
     load_reference_best_channels,
@@ -11,7 +11,7 @@ from .reference import (
     load_reference_stain_free,
 )
 
-__all__ = ["IFCDataset", "GroundTruth", "resolve_channels"]
+__all__ = ["IFCDataset", "GroundTruth", "resolve_channels", "as_dataset"]
 __all__ += ["load_cellcycle", "load_cellcycle_sample"]
 __all__ += [
     "load_reference_channel_importance",

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-__all__ = ["IFCDataset", "GroundTruth", "resolve_channels"]
+__all__ = ["IFCDataset", "GroundTruth", "resolve_channels", "as_dataset"]
 
 
 @dataclass
@@ -272,3 +272,38 @@ class IFCDataset(Dataset):
             f"IFCDataset({self.name!r}, {len(self)} cells{lazy}, {self.n_channels} channels "
             f"{self.channel_names}, image {self.image_shape[1]}x{self.image_shape[2]}, classes {{{counts}}})"
         )
+
+
+def as_dataset(data: Any, *, what: str = "data") -> IFCDataset:
+    """The one coercion of the package's data arguments to an :class:`IFCDataset`.
+
+    Accepts an :class:`IFCDataset` (returned as is) or an ``(images, labels)``
+    pair of arrays or tensors (images ``(N, C, H, W)``, labels ``(N,)``; tensors
+    are moved to the CPU, array-likes with a ``shape`` such as lazy HDF5 arrays
+    are kept as they are).  Anything else raises a ``TypeError`` naming the
+    argument (``what``) and the type that arrived.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> ds = as_dataset((np.zeros((4, 2, 8, 8), "float32"), np.array([0, 1, 0, 1])))
+    >>> ds.n_channels, len(ds)
+    (2, 4)
+    >>> as_dataset([1, 2, 3], what="dataset")
+    Traceback (most recent call last):
+    ...
+    TypeError: dataset must be an IFCDataset or an (images, labels) pair; got list of length 3
+    """
+    if isinstance(data, IFCDataset):
+        return data
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        x, y = data
+        if isinstance(x, torch.Tensor):
+            x = x.detach().cpu().numpy()
+        if isinstance(y, torch.Tensor):
+            y = y.detach().cpu().numpy()
+        if not hasattr(x, "shape"):
+            x = np.asarray(x)
+        return IFCDataset(x, np.asarray(y))
+    got = type(data).__name__ + (f" of length {len(data)}" if isinstance(data, (tuple, list)) else "")
+    raise TypeError(f"{what} must be an IFCDataset or an (images, labels) pair; got {got}")
