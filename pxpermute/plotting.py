@@ -11,6 +11,7 @@ import matplotlib
 
 matplotlib.use("Agg") if matplotlib.get_backend().lower() in ("", "agg") else None
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
@@ -27,6 +28,111 @@ def _norm_ci(res, normalized: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     vmin, vmax = np.nanmin(val), np.nanmax(val)
     span = vmax - vmin if vmax > vmin else 1.0
     return (val - vmin) / span, (lo - vmin) / span, (hi - vmin) / span
+
+
+
+# ---------------------------------------------------------------------------
+# legibility: every figure function ends with _legible(fig)
+# ---------------------------------------------------------------------------
+#: tick labels longer than this are wrapped onto several lines
+WRAP_CHARS = 18
+#: montage: channels with less spread than this fraction of the median channel are drawn as empty
+EMPTY_SPAN = 0.05
+#: every axes that shows tick labels keeps at least this drawing area (inches, width x height)
+MIN_AXES_INCHES = (1.6, 1.1)
+
+
+def _wrap(text: str, width: int = WRAP_CHARS) -> str:
+    import textwrap
+
+    if len(text) <= width or "\n" in text:
+        return text
+    return "\n".join(textwrap.wrap(text, width, break_long_words=True, break_on_hyphens=False)) or text
+
+
+def _is_colorbar(ax) -> bool:
+    return getattr(ax, "_colorbar", None) is not None or ax.get_label() == "<colorbar>"
+
+
+def _label_texts(ax, which: str):
+    """The tick labels that are drawn: visible, non-empty, at a tick inside the view limits."""
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    lo, hi = sorted(axis.get_view_interval())
+    eps = 1e-9 * max(1.0, abs(hi - lo))
+    return [t for loc, t in zip(axis.get_majorticklocs(), axis.get_majorticklabels())
+            if t.get_visible() and t.get_text().strip() and lo - eps <= loc <= hi + eps]
+
+
+def _crowding(boxes, horizontal: bool, gap: float = 2.0) -> float:
+    """1.0 if no two boxes overlap along the axis, else (space needed) / (space available)."""
+    if len(boxes) < 2:
+        return 1.0
+    lo = (lambda b: b.x0) if horizontal else (lambda b: b.y0)
+    hi = (lambda b: b.x1) if horizontal else (lambda b: b.y1)
+    boxes = sorted(boxes, key=lo)
+    if all(lo(b) >= hi(a) - 1.0 for a, b in zip(boxes, boxes[1:])):
+        return 1.0
+    need = sum(hi(b) - lo(b) for b in boxes) + gap * (len(boxes) - 1)
+    have = max(hi(boxes[-1]) - lo(boxes[0]), 1.0)
+    return max(need / have, 1.05)
+
+
+def _legible(fig, *, max_rounds: int = 6):
+    """Make a figure readable whatever the number and length of its labels, then lay it out.
+
+    Long categorical tick labels are wrapped (``WRAP_CHARS``); crowded x tick labels are turned
+    vertical; if tick labels (or axes titles in a row) still overlap, or an axes with tick labels
+    has less drawing area than ``MIN_AXES_INCHES``, the figure grows until they fit (at most 4x
+    per direction).  The rule is checked by tests/test_plot_legibility.py.
+    """
+    import warnings
+
+    for ax in fig.axes:
+        for which in ("x", "y"):
+            axis = ax.xaxis if which == "x" else ax.yaxis
+            if not isinstance(axis.get_major_locator(), matplotlib.ticker.FixedLocator):
+                continue  # numeric axes: short labels
+            fmt, locs = axis.get_major_formatter(), list(axis.get_ticklocs())
+            labels = [str(fmt(v, i)) for i, v in enumerate(locs)]
+            if any(len(t) > WRAP_CHARS and "\n" not in t for t in labels):
+                axis.set_major_formatter(matplotlib.ticker.FixedFormatter([_wrap(t) for t in labels]))
+    w0, h0 = fig.get_size_inches()
+    for _ in range(max_rounds):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fig.tight_layout()
+        renderer = fig.canvas.get_renderer()
+        w, h = fig.get_size_inches()
+        grow_w = grow_h = 1.0
+        changed = False
+        rows: dict = {}
+        for ax in fig.axes:
+            if not ax.get_visible() or _is_colorbar(ax):
+                continue
+            xt, yt = _label_texts(ax, "x"), _label_texts(ax, "y")
+            cx = _crowding([t.get_window_extent(renderer) for t in xt], True)
+            if cx > 1 and any(abs(t.get_rotation()) < 89 for t in xt):
+                for t in xt:
+                    t.set_rotation(90)
+                    t.set_ha("center")
+                    t.set_rotation_mode("default")
+                changed = True
+            elif cx > 1:
+                grow_w = max(grow_w, cx)
+            grow_h = max(grow_h, _crowding([t.get_window_extent(renderer) for t in yt], False))
+            if xt or yt:
+                pos = ax.get_position()
+                grow_w = max(grow_w, MIN_AXES_INCHES[0] / max(pos.width * w, 1e-3))
+                grow_h = max(grow_h, MIN_AXES_INCHES[1] / max(pos.height * h, 1e-3))
+            if ax.get_title():
+                rows.setdefault(round(ax.get_position().y1, 2), []).append(ax.title.get_window_extent(renderer))
+        for boxes in rows.values():
+            grow_w = max(grow_w, _crowding(boxes, True))
+        if not changed and grow_w <= 1.0 and grow_h <= 1.0:
+            break
+        if grow_w > 1.0 or grow_h > 1.0:
+            fig.set_size_inches(min(w * min(grow_w * 1.05, 2.0), 4 * w0), min(h * min(grow_h * 1.05, 2.0), 4 * h0))
+    return fig
 
 
 def plot_importance(results, ax=None, *, normalized: bool = True, sort: bool = True, labels: Sequence[str] | None = None,
@@ -99,7 +205,7 @@ def plot_importance(results, ax=None, *, normalized: bool = True, sort: bool = T
                   bbox_to_anchor=(0.5, -0.22 if len(names) > 5 else -0.12), ncol=min(4, len(handles)))
     ax.set_title(title or results[0].title(), fontsize="small", wrap=True)
     sns.despine(ax=ax, right=ground_truth is None)
-    fig.tight_layout()
+    _legible(fig)
     return fig
 
 
@@ -123,7 +229,7 @@ def plot_per_class(result, ax=None, *, title: str | None = None, cmap: str = "ro
     ax.set_xlabel("class")
     ax.set_ylabel("channel")
     ax.set_title(title or result.title(), fontsize="small", wrap=True)
-    fig.tight_layout()
+    _legible(fig)
     return fig
 
 
@@ -141,9 +247,12 @@ def plot_montage(
 ):
     """Example cells per class (rows) x channel (columns), Fig. 2 style.
 
-    Each channel gets its own contrast stretch: intensities between the
-    ``percentiles`` of that channel over all shown cells map to black..white, so
-    brightness is comparable across classes within a column.  Stain-free
+    Each channel gets one contrast stretch shared by all shown cells: intensities
+    between the ``percentiles`` of that channel over all shown cells map to
+    black..white, so brightness is comparable across classes within a column.  A
+    channel whose percentile spread is below ``EMPTY_SPAN`` (5 %) of the median
+    spread of the shown channels is drawn on the median spread, so an empty
+    channel looks empty instead of stretched noise.  Stain-free
     channels are marked with ``(sf)`` in the column title.
 
     Parameters
@@ -219,7 +328,13 @@ def plot_montage(
     for j in range(len(ch)):
         vals = images[:, j][np.isfinite(images[:, j])]
         lo, hi = (np.percentile(vals, [lo_p, hi_p]) if vals.size else (0.0, 1.0))
-        lims.append((float(lo), float(hi) if hi > lo else float(lo) + 1.0))
+        lims.append((float(lo), float(hi)))
+    # One display range per channel for all shown cells.  A channel whose spread is tiny next to
+    # the others (an unused stain, an empty detector) is drawn on the median spread instead of
+    # being stretched to full contrast, so it looks empty rather than like signal.
+    spans = np.array([hi - lo for lo, hi in lims])
+    ref = float(np.median(spans[spans > 0])) if np.any(spans > 0) else 1.0
+    lims = [(lo, hi if hi - lo >= EMPTY_SPAN * ref else lo + ref) for lo, hi in lims]
     n_rows, n_cols = len(picks), len(ch)
     fig, axes = plt.subplots(
         n_rows, n_cols, figsize=(panel_size * n_cols + 1.6, panel_size * n_rows + 0.8), squeeze=False
@@ -237,14 +352,15 @@ def plot_montage(
                           vmin=0, vmax=1, interpolation="nearest")
             if r == 0:
                 name = dataset.channel_names[ch[j]]
-                ax.set_title(name + (" (sf)" if dataset.stain_free[ch[j]] else ""), fontsize=9)
+                ax.set_title(_wrap(name + (" (sf)" if dataset.stain_free[ch[j]] else ""), max(6, int(9 * panel_size))),
+                             fontsize=8)
             if j == 0 and (r == 0 or picks[r - 1][0] != k):
-                ax.set_ylabel(dataset.class_names[k], rotation=0, ha="right", va="center", fontsize=8)
+                ax.set_ylabel(_wrap(str(dataset.class_names[k])), rotation=0, ha="right", va="center", fontsize=8)
         if i is not None:
             pos += 1
     name = getattr(dataset, "name", None) or "dataset"
     fig.suptitle(title or f"{name}: {n_per_class} example cell(s) per class x channel", fontsize=10)
-    fig.tight_layout()
+    _legible(fig)
     return fig
 
 
@@ -373,7 +489,7 @@ def plot_remove_and_retrain(roar, ax=None, *, metric: str = "f1_macro", ci: bool
     ax.legend(fontsize="x-small", frameon=False, loc="lower left")
     ax.set_title(title or roar.title(), fontsize="small", wrap=True)
     sns.despine(ax=ax)
-    fig.tight_layout()
+    _legible(fig)
     return fig
 
 
@@ -450,7 +566,7 @@ def plot_method_heatmap(table, ax=None, *, value: str | None = None, title: str 
     ax.set_xlabel("data set")
     ax.set_ylabel("method")
     ax.set_title(title or "methods x data sets", fontsize="small", wrap=True)
-    fig.tight_layout()
+    _legible(fig)
     return fig
 
 
@@ -510,7 +626,7 @@ def plot_panel_comparison(comparison, ax=None, *, metric: str = "f1_macro", titl
         t += f"\n* significantly below all channels ({comparison.info['test']}, α={comparison.info['alpha']})"
     ax.set_title(t, fontsize="small", wrap=True)
     sns.despine(ax=ax)
-    fig.tight_layout()
+    _legible(fig)
     return fig
 
 
@@ -555,7 +671,7 @@ def plot_panel_search(minimal, ax=None, *, title: str | None = None):
     ax.legend(fontsize="small", frameon=False)
     ax.set_title(title or minimal.title(), fontsize="small", wrap=True)
     sns.despine(ax=ax)
-    fig.tight_layout()
+    _legible(fig)
     return fig
 
 
@@ -601,7 +717,7 @@ def plot_k_ablation(ablation, *, title: str | None = None, max_channels: int = 1
                bbox_to_anchor=(1.0, 0.5))
     sns.despine(fig=fig)
     fig.suptitle(title or ablation.title(), fontsize="small", wrap=True)
-    fig.tight_layout()
+    _legible(fig)
     return fig
 
 
@@ -649,8 +765,10 @@ def plot_multistage(design, *, title: str | None = None, ground_truth=None):
     if truth:
         axes[0].legend(fontsize="x-small", frameon=False)
     fig.suptitle(title or design.title(), fontsize="small", wrap=True)
-    fig.tight_layout()
+    _legible(fig)
     return fig
+
+
 
 # ---------------------------------------------------------------------------
 # the method, drawn on one cell
@@ -811,5 +929,5 @@ def plot_method_schematic(dataset, *, model=None, channel: int | str | None = No
     name = getattr(dataset, "name", None) or "dataset"
     fig.suptitle(title or f"{name}: cell {index} ({cls}); channel {names[c]} perturbed (red frame); "
                           f"swapped in from cell {donor}", fontsize=9, wrap=True)
-    fig.tight_layout()
+    _legible(fig)
     return fig
