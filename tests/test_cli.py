@@ -361,6 +361,30 @@ def test_run_writes_the_demos_table_and_figures(files, capsys):
         "exp1.json", "exp1.npz", "exp1_channel_importance.png", "exp1_per_class.png", "exp1_summary.json"]
 
 
+@pytest.mark.slow
+def test_run_under_torchrun_equals_single_process(files, tmp_path):
+    """`torchrun --nproc-per-node 2 -m pxpermute run ...`: one result file, identical to one process."""
+    X, y = _data()
+    out = tmp_path / "res"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "pxpermute",
+           "run", "--model", str(files / "model.pxp"), "--data", str(files / "data.h5"), "--k", "4", "--seed", "1",
+           "--batch-size", "16", "--out", str(out), "--quiet"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = ImportanceResult.load(out)
+    ref = channel_importance(_model(), (X, y), n_repeats=4, random_state=1, batch_size=16, progress=False)
+    np.testing.assert_array_equal(res.confusion, ref.confusion)
+    assert res.info["world_size"] == 2 and proc.stdout.count("wrote ") == 1  # only rank 0 writes
+    assert (tmp_path / "res_channel_importance.png").exists()
+    # a refused model under torchrun: every process says so in one line (torchrun then reports the failure)
+    bad = [*cmd[: cmd.index("run") + 1], "--model", str(files / "pickled.pt"), "--data", str(files / "data.h5"),
+           "--out", str(tmp_path / "bad")]
+    proc = subprocess.run(bad, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode != 0
+    assert proc.stderr.count("pxpermute run: error:") == 2 and "--trust-pickle" in proc.stderr
+
+
 # --------------------------------------------------------------------------- fetch and info
 def _shared_data() -> Path:
     env = os.environ.get("PXPERMUTE_DATA_DIR")
