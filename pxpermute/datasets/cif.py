@@ -113,7 +113,7 @@ _INSTRUMENT_XML_TAG = 33064
 CIF_REGISTRY = {
     "example": RemoteFile(
         relpath="amnis_cif/example.cif",
-        url="https://github.com/nmichiels/cifDataset/raw/3e562108e8d3/examples/example.cif",
+        url="https://github.com/nmichiels/cifDataset/raw/master/examples/example.cif",  # at commit 3e562108e8d3
         sha256="fe778b7ab49b379498918e648a1cc05a0329b26b8cdcc0934d2cb56f2feffde9",
         size=2337947,
     )
@@ -1095,7 +1095,8 @@ def cif_to_hdf5(
         mask_arr = CIFImages(images.files, size=images.size, channels=images.channels, what="mask")
         n = len(mask_arr)
         with h5py.File(out, "a") as fh:
-            dset = fh.create_dataset("masks", shape=mask_arr.shape, dtype=bool, chunks=(max(1, min(n, 256)), *mask_arr.shape[1:]) if n else None)
+            chunks = (max(1, min(n, 256)), *mask_arr.shape[1:]) if n else None
+            dset = fh.create_dataset("masks", shape=mask_arr.shape, dtype=bool, chunks=chunks)
             for start in range(0, n, 1024):
                 dset[start : start + 1024] = mask_arr[start : start + 1024]
     return out
