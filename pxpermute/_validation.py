@@ -13,13 +13,12 @@ constraints once with :func:`validate_params`::
 
 Randomness
 ----------
-Every public function that draws random numbers takes ``random_state``
-(:data:`RANDOM_STATE_DOC`): an ``int`` >= 0 makes the result reproducible;
-``None`` draws a fresh seed from the operating system, which the result
-records (``info["random_state"]``) so a run can still be repeated.  Functions
-that train models default to a fixed seed (``0``/``42`` as documented on each
-function); the importance engine defaults to ``None``.  Use
-:func:`check_random_state` to normalise the argument.
+Every public function that draws random numbers takes ``random_state``, and
+its default is :data:`DEFAULT_RANDOM_STATE` = 42 (the seed of the published
+protocol), so that running the same call twice gives the same result.  An
+``int`` >= 0 picks another reproducible stream; ``None`` draws a fresh seed from
+the operating system, which results record (``info["random_state"]``) so the run
+can still be repeated.  Use :func:`check_random_state` to normalise the argument.
 
 Example
 -------
@@ -55,10 +54,14 @@ __all__ = [
     "Options",
     "validate_params",
     "RANDOM_STATE_DOC",
+    "DEFAULT_RANDOM_STATE",
 ]
 
+#: The package's one default seed (the published protocol's), for every function that draws random numbers.
+DEFAULT_RANDOM_STATE: int = 42
+
 RANDOM_STATE_DOC = (
-    "random_state : int or None\n"
+    "random_state : int or None, default 42\n"
     "    Seed (int >= 0) for reproducible results; None draws a fresh seed, recorded in the result."
 )
 

@@ -20,14 +20,23 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._validation import ParameterError, check_bool, check_choice, check_float, check_int, check_random_state
+from ._validation import (
+    DEFAULT_RANDOM_STATE,
+    ParameterError,
+    check_bool,
+    check_choice,
+    check_float,
+    check_int,
+    check_random_state,
+)
 from ._version import __version__
 from .adaptive import AdaptiveK
 from .datasets.base import resolve_channels
 from .distributed import agree_seed, distributed_context
 from .fingerprint import data_digest, fingerprint, model_digest
+from .keys import seed_words
 from .metrics import METRICS
-from .perturb import DETERMINISTIC, PERTURBATIONS, PerturbContext, seed_words
+from .perturb import DETERMINISTIC, PERTURBATIONS, PerturbContext
 from .predictor import _first_conv_channels, _Predictor, as_predictor, auto_batch_size  # noqa: F401  (old import paths)
 from .result import ImportanceResult
 from .runner import run_repeats
@@ -214,7 +223,7 @@ def channel_importance(
     shared_group_permutation: bool = True,
     batch_size: int = 256,
     device: Any = None,
-    random_state: int | None = None,
+    random_state: int | None = DEFAULT_RANDOM_STATE,
     channel_names: Sequence[str] | None = None,
     class_names: Sequence[str] | None = None,
     n_classes: int | None = None,
@@ -284,10 +293,11 @@ def channel_importance(
         power of two that fits the GPU's memory (halved for headroom), or a
         size bounded by the image size on CPU (see
         :func:`pxpermute.predictor.auto_batch_size`).
-    random_state : int or None
-        Seed.  Each permutation is a function of (seed, sample index, unit,
-        repeat), so the result is bit-identical for any batch size.  ``None``
-        draws a fresh seed and records it in ``result.info["random_state"]``.
+    random_state : int or None, default 42
+        Seed (the package's one default, :data:`pxpermute._validation.DEFAULT_RANDOM_STATE`).
+        Each permutation is a function of (seed, sample index, unit, repeat), so
+        the result is bit-identical for any batch size.  ``None`` draws a fresh
+        seed and records it in ``result.info["random_state"]``.
     num_workers : int
         DataLoader workers that prefetch blocks (useful for lazy HDF5 data).
     amp, channels_last : bool

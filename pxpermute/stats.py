@@ -53,7 +53,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from ._validation import ParameterError
+from ._validation import DEFAULT_RANDOM_STATE, ParameterError
 from .metrics import METRICS, compute_metric
 
 __all__ = [
@@ -110,7 +110,7 @@ def poisson_weights(seed: int, sample_idx: torch.Tensor, n_bootstrap: int) -> to
     >>> w.shape, abs(w.float().mean().item() - 1) < 0.02
     (torch.Size([2, 100000]), True)
     """
-    from .perturb import _base_keys
+    from .keys import _base_keys
 
     dev = sample_idx.device
     keys = _base_keys(int(seed), sample_idx.to(torch.int64), 0, torch.arange(n_bootstrap, device=dev), _BOOT_TAG)
@@ -401,7 +401,8 @@ def resolve_max_samples(max_samples: Any, n: int) -> int:
     return max(1, min(n, int(round(f * n))))
 
 
-def stratified_subsample(labels: np.ndarray, max_samples: int | float, *, random_state: int | None = 0) -> np.ndarray:
+def stratified_subsample(labels: np.ndarray, max_samples: int | float, *,
+                         random_state: int | None = DEFAULT_RANDOM_STATE) -> np.ndarray:
     """Sorted indices of a class-stratified subsample of ``labels``; every class keeps at least one sample.
 
     Each class gets a share proportional to its size (largest-remainder

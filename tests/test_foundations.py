@@ -188,3 +188,14 @@ def test_as_dataset_is_the_one_coercer():
     assert as_dataset(ds) is ds
     with pytest.raises(TypeError, match="dataset must be an IFCDataset or an \\(images, labels\\) pair; got dict"):
         as_dataset({}, what="dataset")
+
+
+def test_engine_functions_share_the_package_default_seed():
+    import inspect
+
+    from pxpermute import channel_importance
+    from pxpermute._validation import DEFAULT_RANDOM_STATE
+    from pxpermute.stats import stratified_subsample
+
+    for fn in (channel_importance, stratified_subsample):
+        assert inspect.signature(fn).parameters["random_state"].default == DEFAULT_RANDOM_STATE == 42, fn.__name__

@@ -20,7 +20,7 @@ PKG = "pxpermute"
 ENGINE = {
     "pxpermute.importance", "pxpermute.perturb", "pxpermute.metrics", "pxpermute.result", "pxpermute.stats",
     "pxpermute.runner", "pxpermute.adaptive", "pxpermute.checkpoint", "pxpermute.distributed",
-    "pxpermute.fingerprint", "pxpermute.predictor", "pxpermute.sources", "pxpermute._fileio",
+    "pxpermute.fingerprint", "pxpermute.predictor", "pxpermute.sources", "pxpermute.keys", "pxpermute._fileio",
     "pxpermute._validation", "pxpermute._version", "pxpermute.datasets",
 }
 #: what the engine must never reach, even through a function-level import

@@ -59,7 +59,7 @@ def _dist_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         res_a = channel_importance(_rule_model, (X, y), n_repeats=60, batch_size=11, random_state=5, progress=False,
                                    adaptive={"min_repeats": 4, "chunk": 4})
         # random_state=None: rank 0's fresh seed is used everywhere
-        res_n = channel_importance(_rule_model, (X, y), n_repeats=3, progress=False)
+        res_n = channel_importance(_rule_model, (X, y), n_repeats=3, progress=False, random_state=None)
         np.savez(os.path.join(out_dir, f"rank{rank}.npz"), cm=res.confusion, base=res.baseline_confusion,
                  cm_s=res_s.confusion, cm_a=res_a.confusion, k_a=res_a.info["n_repeats"],
                  world=res.info["world_size"], nf=res.info["n_forward_images"],
