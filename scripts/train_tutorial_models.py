@@ -48,15 +48,15 @@ SMALL = {"model": "small_cnn", "model_kwargs": {"width": 16}, "batch_size": 128}
 # teach tier uses exactly these data parameters and seeds.
 GROUPS: dict[str, dict] = {
     "cellcycle_all": dict(data="cellcycle", channels=None, n_splits=5, seed=42,
-                          train=dict(SMALL, max_epochs=6)),
+                          train=dict(SMALL, model_kwargs={"width": 8}, max_epochs=4)),
     "cellcycle_stainfree": dict(data="cellcycle", channels=["BF", "DF"], n_splits=5, seed=42,
-                                train=dict(SMALL, max_epochs=6)),
-    "apoptotic_synthetic": dict(data="synthetic", preset="apoptotic", n_samples=1000, image_size=32, n_splits=5,
-                                seed=42, channels=None, train=dict(SMALL, max_epochs=10)),
-    "wbc_synthetic": dict(data="synthetic", preset="wbc", n_samples=1200, image_size=32, n_splits=5,
-                          seed=42, channels=None, train=dict(SMALL, max_epochs=10)),
-    "synapse_synthetic": dict(data="synthetic", preset="synapse", n_samples=1000, image_size=32, n_splits=5,
-                              seed=42, channels=None, train=dict(SMALL, max_epochs=10)),
+                                train=dict(SMALL, model_kwargs={"width": 8}, max_epochs=4)),
+    "apoptotic_synthetic": dict(data="synthetic", preset="apoptotic", n_samples=600, image_size=32, n_splits=5,
+                                seed=42, channels=None, train=dict(SMALL, max_epochs=8)),
+    "wbc_synthetic": dict(data="synthetic", preset="wbc", n_samples=600, image_size=32, n_splits=5,
+                          seed=42, channels=None, train=dict(SMALL, max_epochs=8)),
+    "synapse_synthetic": dict(data="synthetic", preset="synapse", n_samples=600, image_size=32, n_splits=5,
+                              seed=42, channels=None, train=dict(SMALL, max_epochs=8)),
 }
 
 
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.only or list(GROUPS):
         with tempfile.TemporaryDirectory() as tmp:
             fresh = train_group(name, Path(tmp))
-            lock = open(OUT / ".registry.lock", "w")  # several training processes may finish at once
+            lock = open(Path(tempfile.gettempdir()) / "pxpermute-registry.lock", "w")  # several trainings may finish at once
             fcntl.flock(lock, fcntl.LOCK_EX)
             reg = read_registry(OUT)
             for old in reg["groups"].get(name, {}).get("models", []):
