@@ -13,8 +13,7 @@ import sys
 
 import pytest
 import yaml
-
-from conftest import REPO, SHARED_DATA
+from conftest import REPO, real_data_root
 
 SCRIPT = REPO / "scripts" / "build_book.py"
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
@@ -78,7 +77,7 @@ def test_book_builds_offline_and_shows_executed_figures(tmp_path):
     env.pop("MPLBACKEND", None)
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--build-dir", str(tmp_path), "--only", "quickstart", "-W",
-         "--data-dir", str(SHARED_DATA)],
+         "--data-dir", str(real_data_root())],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
     )
     log = proc.stdout[-4000:] + proc.stderr[-4000:]

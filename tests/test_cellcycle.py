@@ -1,4 +1,4 @@
-"""Jurkat cell-cycle loader (Blasi et al. 2016) on the real files in ../shared/data."""
+"""Jurkat cell-cycle loader (Blasi et al. 2016) on the real files (found through PXPERMUTE_DATA_DIR; see conftest)."""
 from __future__ import annotations
 
 import importlib.util
@@ -19,15 +19,20 @@ from pxpermute.datasets.cellcycle import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data"
-EXPERIMENT = SHARED / "blasi2016_cellcycle" / "Experiment_1"
+EXPERIMENT = "blasi2016_cellcycle/Experiment_1"
 CHANNEL_FILES = {"BF": "Ch3", "DNA": "Ch4", "DF": "Ch6"}
 # approximate cell counts stated by the data description (shared/data/README.md)
 APPROX = {"G1": 900, "S_phase": 900, "G2": 900, "Prophase": 600, "Metaphase": 70, "Telophase": 30, "Anaphase": 16}
 
 
-def _raw_montage(phase: str, channel: str) -> np.ndarray:
-    (path,) = sorted((EXPERIMENT / phase).glob(f"{CHANNEL_FILES[channel]}_*.tif"))
+@pytest.fixture(scope="module")
+def root(real_data_dir) -> Path:
+    """The data folder holding all 21 montages of the cell-cycle data set."""
+    return real_data_dir(*(entry.relpath for entry in CELLCYCLE_REGISTRY.values()))
+
+
+def _raw_montage(root: Path, phase: str, channel: str) -> np.ndarray:
+    (path,) = sorted((root / EXPERIMENT / phase).glob(f"{CHANNEL_FILES[channel]}_*.tif"))
     return tifffile.imread(path)
 
 
@@ -37,9 +42,9 @@ def _raw_tile(montage: np.ndarray, i: int) -> np.ndarray:
     return montage[row * 40 : (row + 1) * 40, col * 40 : (col + 1) * 40]
 
 
-def _cells_by_duplicates(phase: str) -> int:
+def _cells_by_duplicates(root: Path, phase: str) -> int:
     """Independent count: padding tiles are byte-identical copies of the montage's final tile (all channels)."""
-    montages = [_raw_montage(phase, ch) for ch in CHANNEL_FILES]
+    montages = [_raw_montage(root, phase, ch) for ch in CHANNEL_FILES]
     tiles = np.stack([np.concatenate([_raw_tile(m, i).ravel() for m in montages]) for i in range(900)])
     same_as_last = np.all(tiles == tiles[-1], axis=1)
     if same_as_last.sum() == 1:  # the final tile is unique: a full montage
@@ -48,8 +53,9 @@ def _cells_by_duplicates(phase: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def full() -> IFCDataset:
-    return load_cellcycle(data_dir=SHARED, download=False)
+def full(root) -> IFCDataset:
+    # exact duplicates kept: these tests check the tile layout (tests/test_diagnostics.py checks the drop)
+    return load_cellcycle(data_dir=root, download=False, drop_duplicates=False)
 
 
 def test_shapes_names_and_flags(full):
@@ -62,28 +68,28 @@ def test_shapes_names_and_flags(full):
     assert "10256" in prov["citation"] and "Methods 112" in prov["citation"]
 
 
-def test_class_labels_are_the_source_folders(full):
-    folders = sorted(p.name for p in EXPERIMENT.iterdir() if p.is_dir())
+def test_class_labels_are_the_source_folders(full, root):
+    folders = sorted(p.name for p in (root / EXPERIMENT).iterdir() if p.is_dir())
     assert sorted(full.class_names) == folders
     # the first and last kept cell of every class are the corresponding tiles of that folder's montages
     for label, phase in enumerate(full.class_names):
         rows = np.flatnonzero(full.labels == label)
         for ch_i, ch in enumerate(full.channel_names):
-            mont = _raw_montage(phase, ch)
+            mont = _raw_montage(root, phase, ch)
             np.testing.assert_array_equal(full.images[rows[0], ch_i], _raw_tile(mont, 0))
             np.testing.assert_array_equal(full.images[rows[-1], ch_i], _raw_tile(mont, len(rows) - 1))
 
 
-def test_cell_counts_match_an_independent_padding_criterion(full):
+def test_cell_counts_match_an_independent_padding_criterion(full, root):
     counts = full.class_counts()
     assert len(full) == sum(counts.values())
     for phase, n in counts.items():
-        assert n == _cells_by_duplicates(phase), phase
+        assert n == _cells_by_duplicates(root, phase), phase
         assert abs(n - APPROX[phase]) <= 0.1 * APPROX[phase] + 2, (phase, n)
 
 
-def test_padding_is_trailing_identical_and_cell_free(full):
-    raw = load_cellcycle(data_dir=SHARED, download=False, drop_empty=False)
+def test_padding_is_trailing_identical_and_cell_free(full, root):
+    raw = load_cellcycle(data_dir=root, download=False, drop_empty=False)
     assert len(raw) == 900 * len(CELLCYCLE_PHASES)
     assert raw.class_counts() == {p: 900 for p in CELLCYCLE_PHASES}
     kept = full.class_counts()
@@ -120,36 +126,36 @@ def test_padding_rule_on_a_synthetic_montage():
         _montage_to_tiles(montage[:1000])
 
 
-def test_channel_subset_reads_only_those_channels(full, tmp_path):
+def test_channel_subset_reads_only_those_channels(full, root, tmp_path):
     # a cache that only holds the DF and BF files suffices for channels=["DF", "BF"]
-    for (phase, ch), entry in CELLCYCLE_REGISTRY.items():
+    for (_phase, ch), entry in CELLCYCLE_REGISTRY.items():
         if ch in ("DF", "BF"):
             (tmp_path / entry.relpath).parent.mkdir(parents=True, exist_ok=True)
-            (tmp_path / entry.relpath).symlink_to(SHARED / entry.relpath)
+            (tmp_path / entry.relpath).symlink_to(root / entry.relpath)
     sub = load_cellcycle(data_dir=tmp_path, download=False, channels=["DF", "BF"])
     assert sub.channel_names == ["DF", "BF"] and sub.stain_free.tolist() == [True, True]
     np.testing.assert_array_equal(sub.images, full.images[:, [2, 0]])
     np.testing.assert_array_equal(sub.labels, full.labels)
 
 
-def test_env_var_points_at_the_cache(monkeypatch, full):
-    monkeypatch.setenv("PXPERMUTE_DATA_DIR", str(SHARED))
+def test_env_var_points_at_the_cache(monkeypatch, full, root):
+    monkeypatch.setenv("PXPERMUTE_DATA_DIR", str(root))
     ds = load_cellcycle(download=False, channels=["DNA"])
     np.testing.assert_array_equal(ds.images[:, 0], full.images[:, 1])
 
 
-def _cache_with_links(root: Path) -> None:
+def _cache_with_links(cache: Path, root: Path) -> None:
     for entry in CELLCYCLE_REGISTRY.values():
-        (root / entry.relpath).parent.mkdir(parents=True, exist_ok=True)
-        (root / entry.relpath).symlink_to(SHARED / entry.relpath)
+        (cache / entry.relpath).parent.mkdir(parents=True, exist_ok=True)
+        (cache / entry.relpath).symlink_to(root / entry.relpath)
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate"])
-def test_corrupted_copy_raises_integrity_error(tmp_path, damage):
-    _cache_with_links(tmp_path)
+def test_corrupted_copy_raises_integrity_error(root, tmp_path, damage):
+    _cache_with_links(tmp_path, root)
     target = tmp_path / CELLCYCLE_REGISTRY[("Anaphase", "DNA")].relpath
-    target.unlink()
-    shutil.copyfile(SHARED / CELLCYCLE_REGISTRY[("Anaphase", "DNA")].relpath, target)
+    target.unlink()  # the link, not the data file: the damaged copy is a real file in tmp_path
+    shutil.copyfile(root / CELLCYCLE_REGISTRY[("Anaphase", "DNA")].relpath, target)
     data = bytearray(target.read_bytes())
     if damage == "flip":
         data[len(data) // 2] ^= 0xFF
@@ -180,16 +186,17 @@ def test_offline_download_gives_a_clear_error(tmp_path, monkeypatch):
         load_cellcycle(data_dir=tmp_path, download=True)
 
 
-def test_bad_arguments():
+def test_bad_arguments(tmp_path):
+    # argument errors come before any file is looked at: an empty folder serves
     with pytest.raises(ValueError, match="unknown channel name 'GFP'"):
-        load_cellcycle(data_dir=SHARED, download=False, channels=["GFP"])
+        load_cellcycle(data_dir=tmp_path, download=False, channels=["GFP"])
     with pytest.raises(TypeError, match="download must be"):
-        load_cellcycle(data_dir=SHARED, download="yes")
+        load_cellcycle(data_dir=tmp_path, download="yes")
     with pytest.raises(ValueError, match="duplicates"):
         load_cellcycle_sample(channels=["BF", "BF"])
 
 
-def test_registry_urls_and_hashes_match_the_shared_copies():
+def test_registry_urls_and_hashes_match_the_real_files(root):
     from pxpermute.datasets._download import sha256sum
 
     assert len(CELLCYCLE_REGISTRY) == 21
@@ -198,29 +205,34 @@ def test_registry_urls_and_hashes_match_the_shared_copies():
             "https://github.com/minh-doan/MLCP/raw/master/images/Experiment_1/" + entry.relpath.split("Experiment_1/")[1]
         )
         assert entry.relpath.startswith(f"blasi2016_cellcycle/Experiment_1/{phase}/{CHANNEL_FILES[ch]}_")
-        assert sha256sum(SHARED / entry.relpath) == entry.sha256
+        assert sha256sum(root / entry.relpath) == entry.sha256
 
 
 # -- embedded sample -------------------------------------------------------------------------------------
 SAMPLE = REPO / "pxpermute" / "data" / "cellcycle_sample.npz"
 
 
-def test_sample_is_small_licensed_and_balanced():
+def test_sample_is_small_and_licensed():
     assert SAMPLE.stat().st_size <= 3_000_000
     licence = (SAMPLE.parent / "cellcycle_sample.LICENSE").read_text()
     assert "BSD 3-Clause" in licence and "minh-doan" in licence
     ds = load_cellcycle_sample()
-    counts = ds.class_counts()
-    cap = max(counts.values())
-    full_counts = load_cellcycle(data_dir=SHARED, download=False, channels=["DNA"]).class_counts()
-    for phase, n in counts.items():
-        assert n == min(cap, full_counts[phase])  # capped classes equal, rare classes complete
     assert ds.channel_names == ["BF", "DNA", "DF"] and ds.stain_free.tolist() == [True, False, True]
     assert "BSD-3" in ds.provenance["licence"]
+    assert set(ds.class_names) == set(CELLCYCLE_PHASES) and min(ds.class_counts().values()) > 0
+
+
+def test_sample_is_balanced_like_the_full_data(root):
+    ds = load_cellcycle_sample()
+    counts = ds.class_counts()
+    cap = max(counts.values())
+    full_counts = load_cellcycle(data_dir=root, download=False, channels=["DNA"]).class_counts()
+    for phase, n in counts.items():
+        assert n == min(cap, full_counts[phase])  # capped classes equal, rare classes complete
 
 
 def test_sample_tiles_are_the_original_tiles(full):
-    ds = load_cellcycle_sample()
+    ds = load_cellcycle_sample(drop_duplicates=False)
     with np.load(SAMPLE) as npz:
         tile_index = npz["tile_index"].astype(int)
     np.testing.assert_array_equal(ds.labels, np.load(SAMPLE)["labels"])
@@ -229,15 +241,15 @@ def test_sample_tiles_are_the_original_tiles(full):
         originals = full.images[full.labels == label][tile_index[in_sample]]
         np.testing.assert_array_equal(ds.images[in_sample], originals)
         assert len(np.unique(tile_index[in_sample])) == in_sample.sum()  # no cell twice
-    sub = load_cellcycle_sample(channels=["DNA"])
+    sub = load_cellcycle_sample(channels=["DNA"], drop_duplicates=False)
     np.testing.assert_array_equal(sub.images[:, 0], ds.images[:, 1])
 
 
-def test_build_script_reproduces_the_shipped_sample(tmp_path):
+def test_build_script_reproduces_the_shipped_sample(root, tmp_path):
     spec = importlib.util.spec_from_file_location("build_cellcycle_sample", REPO / "scripts" / "build_cellcycle_sample.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    out = mod.build(str(SHARED), out_dir=tmp_path)
+    out = mod.build(str(root), out_dir=tmp_path)
     assert out.read_bytes() == SAMPLE.read_bytes()
 
 

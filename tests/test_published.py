@@ -247,8 +247,8 @@ def test_capitalised_metadata_columns_are_accepted(tmp_path):
     assert len(ds) == 4 and [SYNAPSE_CLASSES[i] for i in ds.labels] == meta.label.tolist()
 
 
-def test_real_sample_cell_in_scifai_layout(shared_data, tmp_path):
-    sample = shared_data / "pxpermute_reference" / "sample_image.h5"
+def test_real_sample_cell_in_scifai_layout(real_file, tmp_path):
+    sample = real_file("pxpermute_reference/sample_image.h5")
     with h5py.File(sample) as fh:
         raw = fh["image"][()]
     assert raw.shape == (118, 79, 8)
@@ -272,8 +272,8 @@ def test_real_sample_cell_in_scifai_layout(shared_data, tmp_path):
     np.testing.assert_array_equal(ds.get_batch([3])[0][0], x)
 
 
-def test_sample_cell_registry_hash_matches_the_real_file(shared_data, tmp_path):
-    sample = shared_data / "pxpermute_reference" / "sample_image.h5"
+def test_sample_cell_registry_hash_matches_the_real_file(real_file, tmp_path):
+    sample = real_file("pxpermute_reference/sample_image.h5")
     assert hashlib.sha256(sample.read_bytes()).hexdigest() == REGISTRY["synapse_sample_cell"].sha256
     assert sample.stat().st_size == REGISTRY["synapse_sample_cell"].size
     target = tmp_path / REGISTRY["synapse_sample_cell"].relpath
@@ -421,8 +421,16 @@ def test_plot_montage_bad_input():
 
 
 # -- the paper's numbers ---------------------------------------------------------------
-def test_embedded_paper_table_matches_the_reference_files(shared_data):
-    ref = pn.build_paper_table(shared_data / "pxpermute_reference")
+@pytest.fixture(scope="module")
+def reference_root(real_data_dir) -> Path:
+    """The data folder holding every published reference file."""
+    from pxpermute.datasets.reference import REFERENCE_REGISTRY
+
+    return real_data_dir(*(entry.relpath for entry in REFERENCE_REGISTRY.values()))
+
+
+def test_embedded_paper_table_matches_the_reference_files(reference_root):
+    ref = pn.build_paper_table(reference_root / "pxpermute_reference")
     emb = pn.paper_table()
     assert len(ref) == len(emb)
     key = ["dataset", "quantity", "method", "channel", "n_removed"]
@@ -431,8 +439,8 @@ def test_embedded_paper_table_matches_the_reference_files(shared_data):
     np.testing.assert_allclose(merged.value_emb.astype(float), merged.value_ref.astype(float), rtol=1e-8)
 
 
-def test_paper_numbers_agree_with_raw_csvs_and_loaders(shared_data):
-    ref = shared_data / "pxpermute_reference"
+def test_paper_numbers_agree_with_raw_csvs_and_loaders(reference_root):
+    ref = reference_root / "pxpermute_reference"
     perf = pd.read_csv(ref / "white_blood_cells" / "performance_with_all_channels.csv").dropna()
     assert pn.paper_f1_macro("wbc")["mean"] == pytest.approx(perf.f1_macro.mean(), rel=1e-8)
     assert pn.paper_f1_macro("wbc")["n_folds"] == 5

@@ -1,4 +1,4 @@
-"""Loaders of the published PXPermute reference outputs, on the real files in ../shared/data."""
+"""Loaders of the published PXPermute reference outputs, on the real files (PXPERMUTE_DATA_DIR; see conftest)."""
 from __future__ import annotations
 
 import shutil
@@ -20,24 +20,36 @@ from pxpermute.datasets import (
 from pxpermute.datasets._download import DataIntegrityError, DataUnavailableError, sha256sum
 from pxpermute.datasets.reference import REFERENCE_COMMIT, REFERENCE_DATASETS, REFERENCE_REGISTRY, fetch_reference_file
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-REF = SHARED / "pxpermute_reference"
-KW = dict(data_dir=SHARED, download=False)
+
+@pytest.fixture(scope="module")
+def root(real_data_dir) -> Path:
+    """The data folder holding every published reference file."""
+    return real_data_dir(*(entry.relpath for entry in REFERENCE_REGISTRY.values()))
 
 
-def test_registry_matches_the_shared_copies():
+@pytest.fixture(scope="module")
+def REF(root) -> Path:
+    return root / "pxpermute_reference"
+
+
+@pytest.fixture(scope="module")
+def KW(root) -> dict:
+    return dict(data_dir=root, download=False)
+
+
+def test_registry_matches_the_real_files(REF, root):
     on_disk = {
-        p.relative_to(SHARED).as_posix()
+        p.relative_to(root).as_posix()
         for p in REF.rglob("*")
         if p.is_file() and not p.name.startswith("LICENSE") and not p.name.endswith(".sha256-ok")
     }
     assert {e.relpath for e in REFERENCE_REGISTRY.values()} == on_disk
     for repo_path, entry in REFERENCE_REGISTRY.items():
         assert entry.url == f"https://github.com/marrlab/pxpermute/raw/{REFERENCE_COMMIT}/{repo_path}"
-        assert sha256sum(SHARED / entry.relpath) == entry.sha256, repo_path
+        assert sha256sum(root / entry.relpath) == entry.sha256, repo_path
 
 
-def test_channel_importance_is_the_published_table_in_long_form():
+def test_channel_importance_is_the_published_table_in_long_form(KW, REF):
     df = load_reference_channel_importance(**KW)
     assert list(df.columns) == ["dataset", "fold", "run", "channel_index", "channel", "method", "importance"]
     assert set(df["dataset"]) == set(REFERENCE_DATASETS)
@@ -54,7 +66,7 @@ def test_channel_importance_is_the_published_table_in_long_form():
         assert (sub["channel"].to_numpy() == np.asarray(names)[sub["channel_index"].to_numpy()]).all()
 
 
-def test_duplicate_fold_blocks():
+def test_duplicate_fold_blocks(KW, REF):
     keep = load_reference_channel_importance("synapse", methods=["PXPermute"], **KW)
     assert keep.groupby("fold").size().to_dict() == {1: 16, 2: 8, 3: 8, 4: 8, 5: 8}
     assert sorted(keep.loc[keep["fold"] == 1, "run"].unique()) == [0, 1]
@@ -69,7 +81,7 @@ def test_duplicate_fold_blocks():
         load_reference_channel_importance("synapse", duplicate_folds="mean", **KW)
 
 
-def test_normalize_is_per_method_min_max():
+def test_normalize_is_per_method_min_max(KW):
     raw = load_reference_channel_importance("white_blood_cells", **KW)
     norm = load_reference_channel_importance("wbc", normalize=True, **KW)
     for m, g in norm.groupby("method"):
@@ -78,7 +90,7 @@ def test_normalize_is_per_method_min_max():
         assert (np.argsort(g["importance"].to_numpy(), kind="stable") == np.argsort(r, kind="stable")).all()
 
 
-def test_performance_and_best_channels():
+def test_performance_and_best_channels(KW, REF):
     perf = load_reference_performance(**KW)
     assert perf.groupby("dataset")["fold"].apply(sorted).to_dict() == {d: [1, 2, 3, 4, 5] for d in REFERENCE_DATASETS}
     assert perf[["f1_micro", "f1_macro", "accuracy"]].notna().all().all()
@@ -90,7 +102,7 @@ def test_performance_and_best_channels():
     np.testing.assert_allclose(best["f1_macro"], raw["f1_macro"])
 
 
-def test_remove_and_retrain_panels():
+def test_remove_and_retrain_panels(KW):
     df = load_reference_remove_and_retrain(**KW)
     assert set(df["dataset"]) == set(REFERENCE_DATASETS)
     n_total = df.groupby("dataset")["n_channels"].transform("max")
@@ -100,7 +112,7 @@ def test_remove_and_retrain_panels():
     assert (syn["channels"] == "BF,Antibody,CD18,F-Actin,MHCII,CD3,P-CD3zeta,Live-Dead").all()
 
 
-def test_stain_free_panels():
+def test_stain_free_panels(KW):
     df = load_reference_stain_free(**KW)
     assert set(df["dataset"]) == {"synapse_formation", "white_blood_cells"}
     sf = df[df["panel"] == "stainfree"].groupby("dataset")["channels"].unique()
@@ -110,7 +122,7 @@ def test_stain_free_panels():
         load_reference_stain_free("apoptotic", **KW)
 
 
-def test_k_ablation_ranks_follow_the_importances():
+def test_k_ablation_ranks_follow_the_importances(KW):
     df = load_reference_k_ablation(**KW)
     assert df.groupby("dataset")["fold"].nunique().to_dict() == {
         "apoptotic_cells": 5, "synapse_formation": 5, "white_blood_cells": 2}
@@ -122,7 +134,7 @@ def test_k_ablation_ranks_follow_the_importances():
         assert sorted(g["rank"]) == list(range(1, len(g) + 1))
 
 
-def test_run_time():
+def test_run_time(KW, REF):
     df = load_reference_run_time(**KW)
     assert len(df) == 3 * 2 * 5
     raw = pd.read_csv(REF / "run_time.csv")
@@ -131,7 +143,7 @@ def test_run_time():
     assert set(load_reference_run_time("synapse", **KW)["dataset"]) == {"synapse_formation"}
 
 
-def test_bad_dataset_names():
+def test_bad_dataset_names(KW):
     with pytest.raises(ValueError, match="unknown reference data set 'jurkat'"):
         load_reference_performance("jurkat", **KW)
     with pytest.raises(TypeError, match="dataset must be a name"):
@@ -142,11 +154,11 @@ def test_bad_dataset_names():
         fetch_reference_file("nope.csv", **KW)
 
 
-def test_corrupted_and_missing_files(tmp_path):
+def test_corrupted_and_missing_files(root, tmp_path):
     entry = REFERENCE_REGISTRY["run_time.csv"]
     target = tmp_path / entry.relpath
     target.parent.mkdir(parents=True)
-    shutil.copyfile(SHARED / entry.relpath, target)
+    shutil.copyfile(root / entry.relpath, target)
     target.write_text(target.read_text().replace("389", "388"))
     with pytest.raises(DataIntegrityError, match="corrupted or truncated"):
         load_reference_run_time(data_dir=tmp_path, download=False)
@@ -154,6 +166,6 @@ def test_corrupted_and_missing_files(tmp_path):
         load_reference_performance("synapse", data_dir=tmp_path, download=False)
 
 
-def test_sample_image_is_fetchable():
+def test_sample_image_is_fetchable(KW, root):
     path = fetch_reference_file("sample_image/sample_image.h5", **KW)
-    assert path == SHARED / "pxpermute_reference" / "sample_image.h5"
+    assert path == root / "pxpermute_reference" / "sample_image.h5"
