@@ -182,7 +182,8 @@ def _check_device(text: str | None) -> str | None:
     try:
         dev = torch.device(text)
     except (RuntimeError, ValueError):
-        raise CLIError(f"--device: invalid device {text!r}; expected e.g. cpu, cuda, cuda:1 or mps", EXIT_USAGE) from None
+        raise CLIError(f"--device: invalid device {text!r}; expected e.g. cpu, cuda, cuda:1 or mps",
+                       EXIT_USAGE) from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             built = "built with CUDA" if torch.backends.cuda.is_built() else "a CPU-only build"
@@ -250,12 +251,16 @@ def _add_demo(sub, common) -> None:
     p.add_argument("--data", default="synthetic", choices=["synthetic", "cellcycle"],
                    help="synthetic IFC data with known answer (default) or the embedded real cell-cycle sample")
     p.add_argument("--preset", default="default", help="synthetic preset (default, apoptotic, synapse, wbc, panel20)")
-    p.add_argument("--n-samples", type=_int_at_least(10), default=2000, help="synthetic cells to generate (default 2000)")
+    p.add_argument("--n-samples", type=_int_at_least(10), default=2000,
+                   help="synthetic cells to generate (default 2000)")
     p.add_argument("--k", type=_int_at_least(1), default=100, help="PXPermute repeats per channel (paper: 100)")
-    p.add_argument("--k-sample", type=_int_at_least(1), default=30, help="repeats of the cross-sample variant (default 30)")
-    p.add_argument("--epochs", type=_int_at_least(1), default=12, help="training epochs (early stopping may stop sooner)")
+    p.add_argument("--k-sample", type=_int_at_least(1), default=30,
+                   help="repeats of the cross-sample variant (default 30)")
+    p.add_argument("--epochs", type=_int_at_least(1), default=12,
+                   help="training epochs (early stopping may stop sooner)")
     p.add_argument("--model", default="small_cnn", choices=["small_cnn", "resnet18"])
-    p.add_argument("--width", type=_int_at_least(1), default=16, help="filters in the first block of small_cnn (default 16)")
+    p.add_argument("--width", type=_int_at_least(1), default=16,
+                   help="filters in the first block of small_cnn (default 16)")
     p.add_argument("--test-fraction", type=_float_in(0, 1, lo_open=True, hi_open=True), default=0.2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="pxpermute-output", help="folder for the figure and result files")
@@ -291,7 +296,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         ds = load_cellcycle_sample()
     print(ds)
     idx = np.arange(len(ds))
-    train_idx, test_idx = train_test_split(idx, test_size=args.test_fraction, stratify=ds.labels, random_state=args.seed)
+    train_idx, test_idx = train_test_split(idx, test_size=args.test_fraction, stratify=ds.labels,
+                                           random_state=args.seed)
     print(f"training {args.model} on {len(train_idx)} cells ({args.epochs} epochs max) ...", flush=True)
     t = time.perf_counter()
     model_kwargs = {"width": args.width} if args.model == "small_cnn" else {}
@@ -332,7 +338,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "total intensity scores ~0 with PXPermute; the 'sample' column (channel swapped between cells) sees it."
     )
     fig = plot_importance(list(results.values()), labels=[f"{k} permutation" for k in results],
-                          ground_truth=gt, normalized=False, title=f"{ds.name}: {args.model}, k={args.k} (sample: {args.k_sample}), seed={args.seed}, "
+                          ground_truth=gt, normalized=False,
+                          title=f"{ds.name}: {args.model}, k={args.k} (sample: {args.k_sample}), seed={args.seed}, "
                           f"n_test={len(test_idx)}, test F1-macro={f1:.2f}")
     fig_path = out / "channel_importance.png"
     fig.savefig(fig_path, dpi=150)
@@ -396,7 +403,8 @@ def _add_run(sub, common) -> None:
                         "signal), fill (occlusion with --fill-value); several give one column each, as in the demo")
     g.add_argument("--metric", default="f1", choices=_METRICS, help="per-class metric (default f1)")
     g.add_argument("--aggregate", default="mean", choices=["mean", "median"], help="over classes and repeats")
-    g.add_argument("--fill-value", type=_finite_float, default=0.0, help="constant of the fill perturbation (default 0)")
+    g.add_argument("--fill-value", type=_finite_float, default=0.0,
+                   help="constant of the fill perturbation (default 0)")
     g.add_argument("--group", type=_group, action="append", metavar="[NAME=]CH1,CH2",
                    help="score channels together as one unit (names or indices; repeat for several groups)")
     g.add_argument("--independent-group-permutation", action="store_true",
@@ -409,20 +417,26 @@ def _add_run(sub, common) -> None:
                    help="level of the confidence intervals (default 0.95)")
     g.add_argument("--seed", type=int, default=0, help="random_state: same seed, same result (default 0)")
     g = p.add_argument_group("adaptive k (stop once the ranking is settled)")
-    g.add_argument("--adaptive", action="store_true", help="add repeats in chunks until the ranking is settled (cap --k)")
-    g.add_argument("--adaptive-min-repeats", type=_int_at_least(2), metavar="N", help="repeats before the first check (20)")
+    g.add_argument("--adaptive", action="store_true",
+                   help="add repeats in chunks until the ranking is settled (cap --k)")
+    g.add_argument("--adaptive-min-repeats", type=_int_at_least(2), metavar="N",
+                   help="repeats before the first check (20)")
     g.add_argument("--adaptive-chunk", type=_int_at_least(1), metavar="N", help="repeats between checks (10)")
     g.add_argument("--adaptive-patience", type=_int_at_least(1), metavar="N",
                    help="unchanged rankings that count as stable (3)")
     g.add_argument("--adaptive-tol", type=_float_in(0, 1, hi_open=True), metavar="F",
                    help="tie tolerance, fraction of the importance range (0.02)")
     g = p.add_argument_group("execution")
-    g.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (each torchrun process takes cuda:LOCAL_RANK)")
-    g.add_argument("--batch-size", type=_batch_size, default=256, help="images per forward pass, or 'auto' (default 256)")
-    g.add_argument("--num-workers", type=_int_at_least(0), default=0, help="DataLoader workers prefetching blocks of lazy data")
+    g.add_argument("--device", default=None,
+                   help="cpu, cuda, cuda:N or mps (each torchrun process takes cuda:LOCAL_RANK)")
+    g.add_argument("--batch-size", type=_batch_size, default=256,
+                   help="images per forward pass, or 'auto' (default 256)")
+    g.add_argument("--num-workers", type=_int_at_least(0), default=0,
+                   help="DataLoader workers prefetching blocks of lazy data")
     g.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA")
     g.add_argument("--channels-last", action="store_true", help="channels-last memory format on CUDA")
-    g.add_argument("--chunk-repeats", type=_int_at_least(1), metavar="N", help="repeats per chunk (does not change the result)")
+    g.add_argument("--chunk-repeats", type=_int_at_least(1), metavar="N",
+                   help="repeats per chunk (does not change the result)")
     g.add_argument("--checkpoint", default=None, metavar="FILE",
                    help="partial-result file, written after every chunk; rerun the same command to resume")
     g = p.add_argument_group("output")
@@ -448,6 +462,13 @@ def _run_outputs(out: str, perts: list[str], figures: bool) -> dict[str, Any]:
         stems = {p: (o if len(perts) == 1 else Path(f"{o}_{p}")) for p in perts}
         extra = {"figure": Path(f"{o}_channel_importance.png"), "per_class": Path(f"{o}_per_class.png"),
                  "summary": Path(f"{o}_summary.json")}
+    for stem in stems.values():
+        json_path = bundle_paths(stem)[0]
+        expected = stem if stem.suffix in (".json", ".npz") else Path(f"{stem}.json")
+        if json_path.with_suffix("") != expected.with_suffix(""):
+            raise CLIError(f"--out {out}: the result would be saved as {json_path} (the part after the last dot "
+                           f"counts as a file suffix), which another run could overwrite; use a name without a dot, "
+                           f"e.g. {o.name.replace('.', '_')}", EXIT_USAGE)
     if not figures:
         extra.pop("figure")
         extra.pop("per_class")
@@ -468,13 +489,15 @@ def _load_run_model(args: argparse.Namespace, device: str | None):
 
     spec = args.model
     if spec.startswith("pretrained:"):
-        from .models import load_pretrained
-
         name = spec.split(":", 1)[1]
         try:
-            return load_pretrained(name, device=device or "cpu"), f"pretrained:{name}"
+            from .models import load_pretrained
+        except ImportError as err:
+            raise CLIError(f"--model {spec}: this version of pxpermute has no pretrained models") from err
+        try:
+            return load_pretrained(name, device=device or "cpu"), spec
         except KeyError as err:
-            raise CLIError(f"--model: {err.args[0] if err.args else err}") from err
+            raise CLIError(f"--model {spec}: {err.args[0] if err.args else err}") from err
     model = io.load_model(spec, arch=args.arch, n_channels=args.channels, n_classes=args.classes,
                           trust_pickle=args.trust_pickle, map_location=device or "cpu")
     label = Path(spec).name + (f" ({args.arch})" if args.arch else "")
@@ -522,8 +545,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         _check_writable([Path(args.checkpoint)], "--checkpoint")
     device = _check_device(args.device)
 
-    from . import channel_importance
-    from . import io
+    from . import channel_importance, io
 
     rank, world, device = _init_distributed(device)
     try:
@@ -653,7 +675,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
         print(f"cache: {root}")
         for name, item in cat.items():
             states = io.download_status(name, data_dir=args.data_dir)
-            state = _count_states(states) if item.files else "manual download"
+            state = _count_states(states) if item.files else "no download URL"
             print(f"  {name:<24} {state:<22} {item.description}")
         return 0
     if not args.names and not args.all:
@@ -661,11 +683,17 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     names = list(cat) if args.all else list(dict.fromkeys(args.names))
     failed = 0
     print(f"cache: {root}")
+    import logging
+
+    import pooch
+
+    pooch.get_logger().setLevel(logging.WARNING)  # we say what happens, one line per item
     for name in names:
         item = cat[name]
         if args.all and item.manual and not item.files:
             print(f"  {name:<24} skipped: {item.manual}")
             continue
+        print(f"  {name:<24} checking {len(item.files)} file(s) ...", flush=True)
         try:
             states = io.fetch(name, data_dir=args.data_dir)
         except Exception as err:  # noqa: BLE001  (each item reports its own failure, then the next one runs)
@@ -735,6 +763,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         states = io.download_status(name, data_dir=args.data_dir)
         corrupted += sum(s.state == "corrupted" for s in states)
         items[name] = {"kind": item.kind, "files": len(states), "state": _count_states(states) if states else "manual",
+                       "manual": item.manual,
                        "location": str(io._root(item, args.data_dir)), "description": item.description,
                        "problems": [f"{s.path}: {s.state} {s.detail}".strip() for s in states
                                     if s.state in ("corrupted",)]}
@@ -750,15 +779,19 @@ def cmd_info(args: argparse.Namespace) -> int:
     if cuda:
         print(f"  CUDA {torch.version.cuda}: {'; '.join(cuda)}")
     else:
-        print(f"  CUDA: not available ({'torch built with CUDA ' + str(torch.version.cuda) if torch.version.cuda else 'CPU-only torch'})")
+        build = f"torch built with CUDA {torch.version.cuda}" if torch.version.cuda else "CPU-only torch"
+        print(f"  CUDA: not available ({build})")
     print(f"  MPS: {'available' if mps else 'not available'}")
-    print(f"  CPU: {os.cpu_count()} cores, torch uses {torch.get_num_threads()} threads; default device {device['default']}")
+    print(f"  CPU: {os.cpu_count()} cores, torch uses {torch.get_num_threads()} threads; "
+          f"default device {device['default']}")
     print(f"cache\n  {root} (from {source}{'' if root.is_dir() else '; does not exist yet'})")
     print("data sets and models (SHA-256 checked)")
     for name, it in items.items():
         print(f"  {name:<24} {it['state']:<22} {it['description']}")
         for prob in it["problems"]:
             print(f"      {prob}")
+        if it["state"] == "manual" and it["manual"]:
+            print(f"      {it['manual']}")
     return EXIT_ERROR if corrupted else 0
 
 

@@ -243,7 +243,8 @@ def _safe_torch_load(p: Path, map_location: Any = "cpu") -> Any:
             members = _zip_members(p)
             imports = _pickle_imports(_data_pkl(p, members)) if members is not None else _legacy_imports(p)
             raise UnsafeModelFileError(_unsafe_message(p, imports)) from err
-        raise ModelFileError(f"{p} is not a readable model file (truncated or corrupted?): {_first_line(text)}") from err
+        raise ModelFileError(
+            f"{p} is not a readable model file (truncated or corrupted?): {_first_line(text)}") from err
     except Exception as err:
         raise ModelFileError(
             f"{p} is not a readable model file (truncated or corrupted?): {type(err).__name__}: {_first_line(str(err))}"
@@ -704,7 +705,8 @@ def _load_h5(p: Path, images_key, labels_key, channel_names, class_names) -> Any
             keys = set(fh.keys())
             has_layout = "images_key" in fh.attrs
     except OSError as err:
-        raise DataFileError(f"{p} is not a readable HDF5 file (truncated or corrupted?): {_first_line(str(err))}") from err
+        raise DataFileError(
+            f"{p} is not a readable HDF5 file (truncated or corrupted?): {_first_line(str(err))}") from err
     if images_key is None and not has_layout and "images" not in keys and "X" in keys:
         images_key = "X"
     if labels_key is None and not has_layout and "labels" not in keys and "y" in keys:
@@ -867,7 +869,8 @@ def download_catalog() -> dict[str, Download]:
                  (reg["apoptotic"],)))
     add(Download("synapse", "immunological synapse formation (Dryad doi:10.5061/dryad.ht76hdrk7): zip archive",
                  (reg["synapse"],)))
-    add(Download("synapse_sample_cell", "one real synapse-formation cell (scifAI layout)", (reg["synapse_sample_cell"],)))
+    add(Download("synapse_sample_cell", "one real synapse-formation cell (scifAI layout)",
+                 (reg["synapse_sample_cell"],)))
     wbc = published.DATASET_INFO.get("wbc", {})
     add(Download("wbc", "white blood cells (Lippeveld et al. 2020)", (), manual=(
         "no public download URL; obtain the HDF5 file from the authors (doi:10.1002/cyto.a.23920) and open it "

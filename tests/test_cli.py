@@ -385,6 +385,24 @@ def test_run_under_torchrun_equals_single_process(files, tmp_path):
     assert proc.stderr.count("pxpermute run: error:") == 2 and "--trust-pickle" in proc.stderr
 
 
+def test_out_with_a_dot_never_overwrites_another_run(files, capsys):
+    """`--out run.seed1` then `--out run.seed2`: two results, or a refusal before the run -- never one file."""
+    argv = ["run", "--model", files / "model.pxp", "--data", files / "data.npz", "--k", "2", "--quiet", "--no-figures"]
+    folder = files / "dots"
+    codes = []
+    for seed in (1, 2):
+        rc, _, err = _run_main([*argv, "--seed", str(seed), "--out", folder / f"run.seed{seed}"], capsys)
+        codes.append(rc)
+        if rc:
+            assert rc == 2 and "without a dot" in err
+            _assert_one_line_error(err, "")
+    if codes == [0, 0]:
+        seeds = {ImportanceResult.load(folder / f"run.seed{s}.json").info["random_state"] for s in (1, 2)}
+        assert seeds == {1, 2}
+    else:
+        assert codes == [2, 2] and not list(folder.glob("*.json"))
+
+
 # --------------------------------------------------------------------------- fetch and info
 def _shared_data() -> Path:
     env = os.environ.get("PXPERMUTE_DATA_DIR")
@@ -445,7 +463,7 @@ def test_info_reports_versions_device_cache_and_data(capsys):
     import pxpermute
 
     assert info["versions"]["pxpermute"] == pxpermute.__version__
-    assert info["versions"]["torch"] == torch.__version__.split("+")[0] or info["versions"]["torch"] == torch.__version__
+    assert info["versions"]["torch"] in (torch.__version__, torch.__version__.split("+")[0])
     assert info["versions"]["numpy"] == np.__version__ and "captum" in info["versions"]
     assert info["device"]["default"] in ("cpu", "cuda", "mps") and info["device"]["torch_threads"] >= 1
     assert info["cache"]["path"] == str(root)
