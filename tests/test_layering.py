@@ -189,3 +189,31 @@ def test_channel_importance_reaches_only_the_engine():
     seen = _reachable("pxpermute.importance", GRAPH, stop=LAZY_OK)
     outside = sorted(m for m in seen if m not in LAZY_OK and not any(m == e or m.startswith(e + ".") for e in ENGINE))
     assert not outside, "the engine imports modules not listed as engine: " + "; ".join(_path(seen, m) for m in outside)
+
+
+def test_a_run_of_the_engine_loads_nothing_above_it(tmp_path):
+    """The static check, confirmed at run time: a full engine run (adaptive k, checkpoint, bootstrap, save/load)."""
+    import subprocess
+    import sys
+
+    code = f"""
+import sys
+import numpy as np
+import torch
+import pxpermute
+from pxpermute import ImportanceResult, channel_importance
+rng = np.random.default_rng(0)
+X = rng.normal(size=(40, 3, 6, 6)).astype("float32"); y = rng.integers(0, 2, 40)
+model = lambda x: torch.stack([torch.zeros(len(x)), x[:, 0].mean((1, 2))], 1)
+res = channel_importance(model, (X, y), n_repeats=6, adaptive={{"min_repeats": 3, "chunk": 3}}, n_bootstrap=9,
+                         checkpoint=r"{tmp_path / 'ck'}", progress=False)
+ImportanceResult.load(res.save(r"{tmp_path / 'res'}")).summary()
+print(" ".join(sorted(m for m in sys.modules if m.startswith("pxpermute."))))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                         cwd=ROOT.parent, env={**__import__("os").environ, "MPLBACKEND": "Agg"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    loaded = out.stdout.split()
+    bad = [m for m in loaded if m.split(".")[1] in ABOVE_ENGINE]
+    assert not bad, f"an engine run loaded {bad}"
+    assert "pxpermute.runner" in loaded and "pxpermute.checkpoint" in loaded
