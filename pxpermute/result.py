@@ -583,6 +583,10 @@ class ImportanceResult:
         if boot:
             lines.append(f"bootstrap: {self.n_bootstrap} Poisson replicates over the test images; "
                          "p: one-sided bootstrap test of importance > 0; P(rank): rank stability")
+        if self.folds is not None:
+            lines.append(f"pooled over {self.n_folds} {self.fold_name}s ({', '.join(map(str, self.fold_keys))}); "
+                         f"the CI covers the permutations only, not the spread between {self.fold_name}s "
+                         f"(see to_frame('fold'))")
         return "\n".join(lines)
 
     def title(self) -> str:

@@ -345,6 +345,7 @@ def test_concat_pools_folds_and_keeps_them(tmp_path):
     fold = pooled.to_frame("fold")
     assert fold.shape == (6, 5) and fold.n_repeats.tolist() == [4] * 3 + [3] * 3
     assert "x 2 splits" in pooled.title()
+    assert "pooled over 2 splits (f0, f1)" in pooled.summary()
     # rescoring works fold by fold
     np.testing.assert_allclose(pooled.rescore("accuracy").fold_importances[1], b.rescore("accuracy").importance)
     # the pooled result round-trips through a file, fold structure included
