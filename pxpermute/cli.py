@@ -676,7 +676,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
         for name, item in cat.items():
             states = io.download_status(name, data_dir=args.data_dir)
             state = _count_states(states) if item.files else "no download URL"
-            print(f"  {name:<24} {state:<22} {item.description}")
+            print(f"  {name:<36} {state:<22} {item.description}")
         return 0
     if not args.names and not args.all:
         raise CLIError(f"name what to fetch, or --all (or --list); available: {', '.join(cat)}", EXIT_USAGE)
@@ -691,9 +691,9 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     for name in names:
         item = cat[name]
         if args.all and item.manual and not item.files:
-            print(f"  {name:<24} skipped: {item.manual}")
+            print(f"  {name:<36} skipped: {item.manual}")
             continue
-        print(f"  {name:<24} checking {len(item.files)} file(s) ...", flush=True)
+        print(f"  {name:<36} checking {len(item.files)} file(s) ...", flush=True)
         try:
             states = io.fetch(name, data_dir=args.data_dir)
         except Exception as err:  # noqa: BLE001  (each item reports its own failure, then the next one runs)
@@ -701,7 +701,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
             print(f"pxpermute fetch: error: {name}: {_one_line(err)}", file=sys.stderr)
             continue
         where = states[0].path.parent if len(states) == 1 else root
-        print(f"  {name:<24} {_count_states(states)} ({where})")
+        print(f"  {name:<36} {_count_states(states)} ({where})")
     if failed:
         raise CLIError(f"{failed} of {len(names)} item(s) could not be fetched; save the files at the paths named "
                        f"above (cache {root}) and run the same command again to verify them")
@@ -787,7 +787,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"cache\n  {root} (from {source}{'' if root.is_dir() else '; does not exist yet'})")
     print("data sets and models (SHA-256 checked)")
     for name, it in items.items():
-        print(f"  {name:<24} {it['state']:<22} {it['description']}")
+        print(f"  {name:<36} {it['state']:<22} {it['description']}")
         for prob in it["problems"]:
             print(f"      {prob}")
         if it["state"] == "manual" and it["manual"]:

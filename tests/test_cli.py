@@ -403,6 +403,35 @@ def test_out_with_a_dot_never_overwrites_another_run(files, capsys):
         assert codes == [2, 2] and not list(folder.glob("*.json"))
 
 
+def test_run_with_a_pretrained_tutorial_model(tmp_path, capsys):
+    """`--model pretrained:NAME` on the embedded cell-cycle sample equals the engine on load_pretrained."""
+    from pxpermute.datasets import load_cellcycle_sample
+    from pxpermute.models import pretrained_registry
+
+    models = {n: e for n, e in pretrained_registry()["models"].items() if e.get("n_channels") == 3}
+    ds = load_cellcycle_sample()
+    X, y = ds.subset(np.arange(0, len(ds), 12)).as_arrays()
+    np.savez(tmp_path / "cc.npz", X=X, y=y, channel_names=np.array(ds.channel_names),
+             class_names=np.array(ds.class_names))
+    if not models:  # a checkout without pretrained models says so in one line
+        rc, out, err = _run_main(["run", "--model", "pretrained:cellcycle_all_fold0", "--data", tmp_path / "cc.npz",
+                                  "--out", tmp_path / "r"], capsys)
+        assert rc == 1 and "pretrained" in err
+        _assert_one_line_error(err, out)
+        return
+    from pxpermute.models import load_pretrained
+
+    name = sorted(models)[0]
+    rc, out, err = _run_main(["run", "--model", f"pretrained:{name}", "--data", tmp_path / "cc.npz", "--k", "3",
+                              "--device", "cpu", "--out", tmp_path / "r", "--quiet", "--no-figures"], capsys)
+    assert rc == 0, err
+    ref = channel_importance(load_pretrained(name, device="cpu"), (X, y), n_repeats=3, random_state=0,
+                             class_names=ds.class_names, progress=False)
+    res = ImportanceResult.load(tmp_path / "r")
+    np.testing.assert_array_equal(res.confusion, ref.confusion)
+    assert res.info["model"] == f"pretrained:{name}" and "DNA" in out
+
+
 # --------------------------------------------------------------------------- fetch and info
 def _shared_data() -> Path:
     env = os.environ.get("PXPERMUTE_DATA_DIR")
