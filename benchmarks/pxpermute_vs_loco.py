@@ -34,7 +34,7 @@ def run(preset: str = "wbc", n_samples: int = 1500, image_size: int | None = Non
         seed: int = 0, device: str = "cpu", batch_size: int = 256, progress: bool = False,
         width: int | None = None) -> dict:
     from pxpermute.datasets.synthetic import make_synthetic
-    from pxpermute.scale import runtime_vs_loco
+    from pxpermute.evaluation import runtime_vs_loco
 
     ds = make_synthetic(preset, n_samples=n_samples, image_size=image_size, random_state=seed)
     r = runtime_vs_loco(ds, n_splits=n_splits, folds=folds, n_repeats=k, adaptive=adaptive, random_state=seed,

@@ -459,7 +459,7 @@ def plot_remove_and_retrain(roar, ax=None, *, metric: str = "f1_macro", ci: bool
     if not hasattr(roar, "curve") or not hasattr(roar, "summary"):
         raise TypeError(f"roar must be a ROARResult from remove_and_retrain, got {type(roar).__name__}")
     curve = roar.curve(metric)
-    summary = roar.summary(metric).set_index("method")
+    summary = roar.summary_frame(metric).set_index("method")
     methods = list(roar.methods)
     if ax is None:
         fig, ax = plt.subplots(figsize=(6.0, 3.8))
@@ -531,7 +531,7 @@ def plot_method_heatmap(table, ax=None, *, value: str | None = None, title: str 
         for ds_name, item in table.items():
             if hasattr(item, "summary") and hasattr(item, "curve"):
                 col = value or "mean"
-                s = item.summary()
+                s = item.summary_frame()
                 parts.append(pd.DataFrame({"method": s["method"], "dataset": str(ds_name), "value": s[col]}))
             elif isinstance(item, pd.DataFrame) and "method" in item.columns:
                 col = value or "value"
@@ -595,7 +595,7 @@ def plot_panel_comparison(comparison, ax=None, *, metric: str = "f1_macro", titl
     """
     if metric not in ("f1_macro", "accuracy"):
         raise ValueError(f"metric must be 'f1_macro' or 'accuracy', got {metric!r}")
-    summ = comparison.summary
+    summ = comparison.summary_frame()
     if ax is None:
         fig, ax = plt.subplots(figsize=(1.6 + 1.2 * len(summ), 3.6))
     else:
@@ -768,6 +768,45 @@ def plot_multistage(design, *, title: str | None = None, ground_truth=None):
     _legible(fig)
     return fig
 
+
+def plot_cv_result(cv, ax=None, *, title: str | None = None):
+    """Held-out F1 per class and F1-macro of a cross-validation: one dot per fold, bar = mean.
+
+    Parameters
+    ----------
+    cv : CVResult
+        From :func:`pxpermute.training.cross_validate`.
+    ax : matplotlib Axes, optional
+    title : str, optional
+        Default: folds, channels and seed of the run.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    if not hasattr(cv, "f1_per_class") or not hasattr(cv, "f1_macro"):
+        raise TypeError(f"cv must be a CVResult from cross_validate, got {type(cv).__name__}")
+    labels = [f"F1[{c}]" for c in cv.class_names] + ["F1-macro"]
+    values = np.column_stack([np.asarray(cv.f1_per_class, float), np.asarray(cv.f1_macro, float)])
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(1.4 + 0.7 * len(labels), 3.4))
+    else:
+        fig = ax.figure
+    x = np.arange(len(labels))
+    ax.bar(x, values.mean(axis=0), color="0.85", edgecolor="black", linewidth=0.4)
+    for f in range(values.shape[0]):
+        ax.plot(x, values[f], "o", markersize=3, color="black", alpha=0.6, label="fold" if f == 0 else None)
+    ax.set_xticks(x)
+    ax.set_xticklabels(labels, rotation=45, ha="right", fontsize="small")
+    ax.set_ylim(0, 1.02)
+    ax.set_ylabel("held-out score")
+    ax.legend(fontsize="x-small", frameon=False)
+    model = cv.params.get("model") if isinstance(getattr(cv, "params", None), dict) else None
+    ax.set_title(title or (f"{len(values)}-fold CV, channels {', '.join(cv.channels)}, seed={cv.random_state}"
+                           + (f", model={model}" if model else "")), fontsize="small", wrap=True)
+    sns.despine(ax=ax)
+    _legible(fig)
+    return fig
 
 
 # ---------------------------------------------------------------------------

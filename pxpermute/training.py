@@ -42,6 +42,7 @@ from skorch.dataset import ValidSplit
 from skorch.helper import predefined_split
 from skorch.utils import to_tensor
 
+from ._protocol import SavableResult, ragged_from_bundle, ragged_to_bundle
 from .datasets.base import IFCDataset, resolve_channels
 from .models import MODEL_NAMES, PercentileNormalization, build_model, fit_percentile_normalization
 
@@ -51,6 +52,8 @@ __all__ = [
     "make_classifier",
     "train_classifier",
     "cross_validate",
+    "cross_validate_many",
+    "run_trainings",
     "CVResult",
 ]
 
@@ -710,8 +713,8 @@ def train_classifier(
 # ---------------------------------------------------------------------------
 # cross-validation
 # ---------------------------------------------------------------------------
-@dataclass
-class CVResult:
+@dataclass(repr=False)
+class CVResult(SavableResult):
     """Outcome of :func:`cross_validate`.
 
     Attributes
@@ -734,6 +737,11 @@ class CVResult:
         Their indices in the original data set.
     class_names : list of str
     random_state : int or None
+
+    The result protocol: :meth:`to_frame` (tidy), :meth:`summary` (text),
+    :meth:`summary_frame` (mean and std per metric), :meth:`plot`,
+    :meth:`save` / :meth:`load` (scores, folds and predictions; the fitted
+    networks are not saved, a loaded result has ``None`` in their place).
     """
 
     models: list[Any]
@@ -786,13 +794,57 @@ class CVResult:
                 rows.append(dict(fold=k, metric="f1", **{"class": name}, value=float(self.f1_per_class[k, c]), n_test=n_test, channels=chans))
         return pd.DataFrame(rows, columns=["fold", "metric", "class", "value", "n_test", "channels"])
 
-    def summary(self) -> pd.DataFrame:
+    def summary_frame(self) -> pd.DataFrame:
         """Mean and standard deviation (over folds) of every metric (and class)."""
         df = self.to_frame()
         df["class"] = df["class"].fillna("")
         out = df.groupby(["metric", "class"], sort=False)["value"].agg(["mean", "std"]).reset_index()
         out["class"] = out["class"].replace("", None)
         return out
+
+    def summary(self) -> str:
+        """Printable text: F1-macro, accuracy and per-class F1, mean ± std over the folds."""
+        from .stats import t_interval
+
+        lines = [f"{self.n_splits}-fold cross-validation, channels {', '.join(self.channels)}, "
+                 f"seed={self.random_state}" + (f", model={self.params['model']}" if "model" in self.params else "")]
+        for name, values in (("F1-macro", self.f1_macro), ("accuracy", self.accuracy)):
+            t = t_interval(values)
+            lines.append(f"  {name:<9} {t.mean:.3f} ± {t.std:.3f} (95 % t-interval over folds "
+                         f"[{t.low:.3f}, {t.high:.3f}])")
+        for c, name in enumerate(self.class_names):
+            v = self.f1_per_class[:, c]
+            lines.append(f"  F1[{name}] {np.mean(v):.3f} ± {np.std(v, ddof=1) if v.size > 1 else 0.0:.3f}")
+        return "\n".join(lines)
+
+    def plot(self, ax=None, **kwargs):
+        """Per-fold F1 per class and F1-macro (see :func:`pxpermute.plotting.plot_cv_result`)."""
+        from .plotting import plot_cv_result
+
+        return plot_cv_result(self, ax=ax, **kwargs)
+
+    def _to_bundle(self, prefix: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        arrays = {f"{prefix}.f1_macro": self.f1_macro, f"{prefix}.accuracy": self.accuracy,
+                  f"{prefix}.f1_per_class": self.f1_per_class}
+        arrays.update(ragged_to_bundle(self.train_indices, f"{prefix}.train"))
+        arrays.update(ragged_to_bundle(self.test_indices, f"{prefix}.test"))
+        arrays.update(ragged_to_bundle(self.y_pred, f"{prefix}.y_pred"))
+        meta = {"channels": self.channels, "channel_indices": self.channel_indices, "class_names": self.class_names,
+                "random_state": self.random_state, "params": self.params, "n_folds": len(self.test_indices)}
+        return meta, arrays
+
+    @classmethod
+    def _from_bundle(cls, meta: Any, arrays: Any, prefix: str) -> CVResult:
+        n = int(meta["n_folds"])
+        tests = ragged_from_bundle(arrays, f"{prefix}.test")
+        if len(tests) != n:
+            raise ValueError(f"{len(tests)} test folds for {n} folds")
+        return cls(models=[None] * n, train_indices=ragged_from_bundle(arrays, f"{prefix}.train"), test_indices=tests,
+                   f1_macro=arrays[f"{prefix}.f1_macro"], accuracy=arrays[f"{prefix}.accuracy"],
+                   f1_per_class=arrays[f"{prefix}.f1_per_class"], y_pred=ragged_from_bundle(arrays, f"{prefix}.y_pred"),
+                   channels=list(meta["channels"]), channel_indices=[int(i) for i in meta["channel_indices"]],
+                   class_names=list(meta["class_names"]), random_state=meta.get("random_state"),
+                   params=dict(meta.get("params") or {}))
 
     def __repr__(self) -> str:
         return (
@@ -802,63 +854,178 @@ class CVResult:
         )
 
 
-def cross_validate(
-    dataset: Any,
+def _threads_for(n_workers: int) -> int:
+    """Torch / BLAS threads per training when ``n_workers`` trainings run at once.
+
+    joblib's own knob wins: ``joblib.parallel_config(backend=..., inner_max_num_threads=t)``
+    gives every training ``t`` threads; otherwise ``cores // n_workers`` (at least 1).
+    """
+    from joblib import cpu_count
+    from joblib.parallel import get_active_backend
+
+    inner = getattr(get_active_backend()[0], "inner_max_num_threads", None)
+    if inner:
+        return int(inner)
+    return max(1, int(cpu_count()) // max(1, int(n_workers)))
+
+
+@contextmanager
+def _limited_threads(n_threads: int | None) -> Iterator[None]:
+    """Run the body with ``n_threads`` torch and BLAS/OpenMP threads (``None``: leave them alone)."""
+    if n_threads is None:
+        yield
+        return
+    from threadpoolctl import threadpool_limits
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(n_threads))
+    try:
+        with threadpool_limits(limits=int(n_threads)):
+            yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _fit_fold(
+    ds: IFCDataset,
+    train: np.ndarray,
+    test: np.ndarray,
+    channels: list[int],
+    valid_fraction: float | None,
+    random_state: int | None,
+    train_kwargs: dict[str, Any],
+    n_threads: int | None,
+) -> tuple[Any, np.ndarray]:
+    """One training of a cross-validation (a joblib task): the fitted net and its held-out predictions.
+
+    Everything random inside depends on ``random_state`` only (the task's seed),
+    never on the worker that runs it.
+    """
+    with _limited_threads(n_threads):
+        net = train_classifier(ds, train_indices=train, valid_fraction=valid_fraction, channels=channels,
+                               random_state=random_state, **train_kwargs)
+        y_pred = np.asarray(net.predict(_BatchView(ds, test, channels)))
+    return net, y_pred
+
+
+def run_trainings(
+    fn: Callable[..., Any],
+    tasks: Sequence[tuple[Any, ...]],
     *,
-    n_splits: int = 5,
-    valid_fraction: float | None = 0.2,
-    channels: Sequence[int | str] | int | str | None = None,
-    random_state: int | None = 42,
+    n_jobs: int | None = None,
     progress: bool = True,
-    **train_kwargs: Any,
-) -> CVResult:
-    """Stratified k-fold cross-validation with :func:`train_classifier`.
+    desc: str = "trainings",
+) -> list[Any]:
+    """Run ``fn(*task, n_threads)`` for every task, in this process or through joblib; results in task order.
 
-    For each of ``n_splits`` stratified folds (shuffled with ``random_state``), train
-    on the other folds -- with a stratified ``valid_fraction`` validation split
-    inside them for early stopping -- and evaluate F1-macro, accuracy and per-class
-    F1 on the held-out fold.  This is the package's single retraining routine:
-    remove-and-retrain, panel comparison and leave-one-channel-out call it with a
-    channel subset.
+    The package's one way to run independent trainings in parallel.  With
+    ``n_jobs`` in (None, 1) and no parallel joblib backend configured, the tasks
+    run one after another here (``n_threads=None``: torch keeps its threads).
+    Otherwise they go to ``joblib.Parallel(n_jobs)`` -- worker processes (loky)
+    by default, a Dask cluster inside ``joblib.parallel_config(backend="dask")``
+    -- and every task gets ``n_threads = max(1, cores // workers)`` torch/BLAS
+    threads (or joblib's ``inner_max_num_threads`` when the active
+    ``parallel_config`` sets it), so the workers do not oversubscribe the
+    machine's cores.  A tqdm bar counts finished tasks.
 
-    Determinism: the folds, the validation splits and training (weights, batch
-    order, oversampling, augmentation) are all seeded from ``random_state``, so on
-    CPU the same call gives the same models and scores.  On GPU, cuDNN kernels may
-    be nondeterministic (set ``torch.backends.cudnn.deterministic = True`` if you
-    need bit-identical GPU runs); results can also differ across torch versions or
-    numbers of CPU threads in the last digits.
+    Reproducibility: a task's randomness comes from its own arguments (seeds
+    fixed per task, never per worker), so the results do not depend on
+    ``n_jobs`` or on which worker ran a task -- bit for bit when every training
+    runs with the same number of torch threads.  Torch's CPU kernels sum in an
+    order that depends on the thread count (a ResNet18 trained with 1 and with
+    2 threads differs by ~1e-3 in its weights), so for bit-identical results
+    between a serial and a parallel run give both the same count, e.g.
+    ``torch.set_num_threads(1)`` for the serial run and
+    ``joblib.parallel_config(backend="loky", inner_max_num_threads=1)`` for the
+    parallel one (on 2 cores with ``n_jobs=2`` that is the default anyway).
 
     Parameters
     ----------
-    dataset : IFCDataset or (images, labels)
-    n_splits : int, default 5
-        Number of folds (>= 2, <= the smallest class count).
-    valid_fraction : float or None, default 0.2
-        Validation fraction inside each training part.
-    channels : names or indices, optional
-        Channel subset to train on (default: all).
-    random_state : int or None, default 42
-        Seed of the folds and of every fold's training.
-    progress : bool, default True
-        Show a tqdm progress bar over folds.
-    **train_kwargs
-        Passed to :func:`train_classifier` / :func:`make_classifier` (``model``,
-        ``max_epochs``, ``batch_size``, ``normalize`` ...).
+    fn : callable
+        Module-level function (it is pickled to the workers); called as
+        ``fn(*task, n_threads)``.
+    tasks : sequence of tuples
+    n_jobs : int or None
+        joblib's ``n_jobs`` (``-1``: all cores / all Dask workers).
+    progress : bool
+    desc : str
+        Label of the progress bar.
 
-    Returns
-    -------
-    CVResult
+    Examples
+    --------
+    >>> def square(x, n_threads):
+    ...     return x * x
+    >>> run_trainings(square, [(1,), (2,), (3,)], progress=False)
+    [1, 4, 9]
+    """
+    import joblib
+
+    tasks = list(tasks)
+    if not tasks:
+        return []
+    if n_jobs is not None and (isinstance(n_jobs, bool) or not isinstance(n_jobs, (int, np.integer)) or n_jobs == 0):
+        raise ValueError(f"n_jobs must be a non-zero int (-1: all cores) or None, got {n_jobs!r}")
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(tasks), desc=desc, unit="training")
+    try:
+        workers = joblib.effective_n_jobs(n_jobs)
+        if workers == 1 or len(tasks) == 1:
+            out = []
+            for task in tasks:
+                out.append(fn(*task, None))
+                if bar is not None:
+                    bar.update(1)
+            return out
+        threads = _threads_for(min(workers, len(tasks)))
+        results: list[Any] = [None] * len(tasks)
+        parallel = joblib.Parallel(n_jobs=n_jobs, return_as="generator_unordered")
+        for i, value in parallel(joblib.delayed(_indexed)(fn, i, task, threads) for i, task in enumerate(tasks)):
+            results[i] = value
+            if bar is not None:
+                bar.update(1)
+        return results
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _indexed(fn: Callable[..., Any], i: int, task: tuple[Any, ...], n_threads: int) -> tuple[int, Any]:
+    return i, fn(*task, n_threads)
+
+
+def cross_validate_many(
+    dataset: Any,
+    channel_subsets: Sequence[Sequence[int | str] | None],
+    *,
+    n_splits: int = 5,
+    valid_fraction: float | None = 0.2,
+    folds: Sequence[int] | None = None,
+    random_state: int | None = 42,
+    n_jobs: int | None = None,
+    progress: bool = True,
+    desc: str = "cross-validation",
+    **train_kwargs: Any,
+) -> list[CVResult]:
+    """:func:`cross_validate` for several channel subsets on the same folds, all trainings in one parallel batch.
+
+    Every (subset, fold) pair is one task for :func:`run_trainings`; with
+    ``n_jobs > 1`` they spread over the workers together, which keeps all
+    workers busy even with few folds.  Parameters as in :func:`cross_validate`;
+    ``channel_subsets`` lists channel names/indices per subset (``None``: all
+    channels).  Returns one :class:`CVResult` per subset, in order.
 
     Examples
     --------
     >>> import numpy as np
     >>> rng = np.random.default_rng(0)
     >>> x = rng.random((60, 2, 16, 16)).astype("float32"); y = np.arange(60) % 2
-    >>> x[y == 1, 0, :8, :8] += 2
-    >>> cv = cross_validate((x, y), n_splits=2, model="small_cnn", model_kwargs={"width": 4},
-    ...                     max_epochs=1, progress=False)
-    >>> cv.f1_macro.shape
-    (2,)
+    >>> cvs = cross_validate_many((x, y), [[0], [1]], n_splits=2, model="small_cnn", model_kwargs={"width": 4},
+    ...                           max_epochs=1, progress=False)
+    >>> [cv.channels for cv in cvs]
+    [['ch0'], ['ch1']]
     """
     from sklearn.metrics import accuracy_score, f1_score
     from sklearn.model_selection import StratifiedKFold
@@ -878,44 +1045,130 @@ def cross_validate(
             f"n_splits={n_splits} is larger than the number of cells in the smallest class(es): "
             f"{', '.join(small)}; every test fold needs a cell of every class. Use n_splits <= {counts.min()}"
         )
-    ch = list(range(ds.n_channels)) if channels is None else resolve_channels(channels, ds.channel_names)
+    if folds is None:
+        fold_ids = list(range(int(n_splits)))
+    else:
+        fold_ids = [int(f) for f in folds]
+        bad = [f for f in fold_ids if not 0 <= f < n_splits]
+        if not fold_ids or bad or len(set(fold_ids)) != len(fold_ids):
+            raise ValueError(f"folds must be distinct fold numbers in [0, {n_splits - 1}], got {list(folds)!r}")
+    subsets = [list(range(ds.n_channels)) if ch is None else resolve_channels(ch, ds.channel_names)
+               for ch in channel_subsets]
+    if not subsets:
+        raise ValueError("channel_subsets is empty")
+    for ch in subsets:
+        if not ch:
+            raise ValueError("a channel subset is empty; every model needs at least one channel")
 
     skf = StratifiedKFold(n_splits=int(n_splits), shuffle=True, random_state=random_state)
-    folds = list(skf.split(np.zeros(len(ds)), labels))
-    k = ds.n_classes
-    models, trains, tests, preds = [], [], [], []
-    f1m, acc, f1c = np.zeros(len(folds)), np.zeros(len(folds)), np.zeros((len(folds), k))
-    iterator: Any = folds
-    if progress:
-        from tqdm.auto import tqdm
+    split = list(skf.split(np.zeros(len(ds)), labels))
+    tasks = [(ds, split[f][0], split[f][1], ch, valid_fraction, random_state, train_kwargs)
+             for ch in subsets for f in fold_ids]
+    fitted = run_trainings(_fit_fold, tasks, n_jobs=n_jobs, progress=progress, desc=desc)
 
-        iterator = tqdm(folds, desc="cross-validation", unit="fold")
-    for i, (tr, te) in enumerate(iterator):
-        net = train_classifier(
-            ds, train_indices=tr, valid_fraction=valid_fraction, channels=ch, random_state=random_state, **train_kwargs
-        )
-        y_pred = np.asarray(net.predict(_BatchView(ds, te, ch)))
-        y_true = labels[te]
-        f1m[i] = f1_score(y_true, y_pred, average="macro", labels=present, zero_division=0)
-        acc[i] = accuracy_score(y_true, y_pred)
-        f1c[i] = f1_score(y_true, y_pred, average=None, labels=np.arange(k), zero_division=0)
-        models.append(net)
-        trains.append(np.asarray(tr))
-        tests.append(np.asarray(te))
-        preds.append(y_pred)
+    k = ds.n_classes
     params = {"n_splits": int(n_splits), "valid_fraction": valid_fraction}
+    if folds is not None:
+        params["folds"] = fold_ids
     params.update({key: val for key, val in train_kwargs.items() if isinstance(val, (int, float, str, bool, type(None)))})
-    return CVResult(
-        models=models,
-        train_indices=trains,
-        test_indices=tests,
-        f1_macro=f1m,
-        accuracy=acc,
-        f1_per_class=f1c,
-        y_pred=preds,
-        channels=[ds.channel_names[i] for i in ch],
-        channel_indices=list(ch),
-        class_names=list(ds.class_names),
-        random_state=random_state,
-        params=params,
-    )
+    out = []
+    for s, ch in enumerate(subsets):
+        part = fitted[s * len(fold_ids):(s + 1) * len(fold_ids)]
+        f1m, acc, f1c = np.zeros(len(fold_ids)), np.zeros(len(fold_ids)), np.zeros((len(fold_ids), k))
+        for i, (f, (_, y_pred)) in enumerate(zip(fold_ids, part)):
+            y_true = labels[split[f][1]]
+            f1m[i] = f1_score(y_true, y_pred, average="macro", labels=present, zero_division=0)
+            acc[i] = accuracy_score(y_true, y_pred)
+            f1c[i] = f1_score(y_true, y_pred, average=None, labels=np.arange(k), zero_division=0)
+        out.append(CVResult(
+            models=[net for net, _ in part],
+            train_indices=[np.asarray(split[f][0]) for f in fold_ids],
+            test_indices=[np.asarray(split[f][1]) for f in fold_ids],
+            f1_macro=f1m,
+            accuracy=acc,
+            f1_per_class=f1c,
+            y_pred=[y for _, y in part],
+            channels=[ds.channel_names[i] for i in ch],
+            channel_indices=list(ch),
+            class_names=list(ds.class_names),
+            random_state=random_state,
+            params=dict(params),
+        ))
+    return out
+
+
+def cross_validate(
+    dataset: Any,
+    *,
+    n_splits: int = 5,
+    valid_fraction: float | None = 0.2,
+    channels: Sequence[int | str] | int | str | None = None,
+    folds: Sequence[int] | None = None,
+    random_state: int | None = 42,
+    n_jobs: int | None = None,
+    progress: bool = True,
+    **train_kwargs: Any,
+) -> CVResult:
+    """Stratified k-fold cross-validation with :func:`train_classifier`.
+
+    For each of ``n_splits`` stratified folds (shuffled with ``random_state``), train
+    on the other folds -- with a stratified ``valid_fraction`` validation split
+    inside them for early stopping -- and evaluate F1-macro, accuracy and per-class
+    F1 on the held-out fold.  This is the package's single retraining routine:
+    remove-and-retrain, panel comparison and leave-one-channel-out call it with a
+    channel subset (through :func:`cross_validate_many`).
+
+    Determinism: the folds, the validation splits and training (weights, batch
+    order, oversampling, augmentation) are all seeded from ``random_state`` -- the
+    same seed for every fold, whichever worker trains it -- so on CPU the same
+    call gives the same models and scores, with any ``n_jobs`` (bit for bit when
+    every training gets the same number of torch threads, see
+    :func:`run_trainings`).  On GPU, cuDNN
+    kernels may be nondeterministic (set ``torch.backends.cudnn.deterministic =
+    True`` if you need bit-identical GPU runs); results can also differ across
+    torch versions or numbers of CPU threads in the last digits.
+
+    Parameters
+    ----------
+    dataset : IFCDataset or (images, labels)
+    n_splits : int, default 5
+        Number of folds (>= 2, <= the smallest class count).
+    valid_fraction : float or None, default 0.2
+        Validation fraction inside each training part.
+    channels : names or indices, optional
+        Channel subset to train on (default: all).
+    folds : sequence of int, optional
+        Train and evaluate only these folds of the ``n_splits``-fold split
+        (e.g. ``[0]`` for a timing study); default all.
+    random_state : int or None, default 42
+        Seed of the folds and of every fold's training.
+    n_jobs : int or None, default None
+        Train the folds in parallel through joblib (``-1``: all cores; inside
+        ``joblib.parallel_config(backend="dask")``: on a Dask cluster).  Each
+        worker gets ``cores // n_jobs`` torch threads.  ``None``/``1``: one
+        after another in this process.  With more than one worker the data set
+        is sent to the workers (joblib memory-maps large in-memory arrays; a
+        lazy HDF5 data set must be picklable).
+    progress : bool, default True
+        Show a tqdm progress bar counting finished trainings.
+    **train_kwargs
+        Passed to :func:`train_classifier` / :func:`make_classifier` (``model``,
+        ``max_epochs``, ``batch_size``, ``normalize`` ...).
+
+    Returns
+    -------
+    CVResult
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.random((60, 2, 16, 16)).astype("float32"); y = np.arange(60) % 2
+    >>> x[y == 1, 0, :8, :8] += 2
+    >>> cv = cross_validate((x, y), n_splits=2, model="small_cnn", model_kwargs={"width": 4},
+    ...                     max_epochs=1, progress=False)
+    >>> cv.f1_macro.shape
+    (2,)
+    """
+    return cross_validate_many(dataset, [channels], n_splits=n_splits, valid_fraction=valid_fraction, folds=folds,
+                               random_state=random_state, n_jobs=n_jobs, progress=progress, **train_kwargs)[0]

@@ -3,6 +3,7 @@ and the remove-and-retrain / heatmap plots."""
 import numpy as np
 import pandas as pd
 import pytest
+from result_protocol import check_result_protocol
 
 from pxpermute import ImportanceResult
 from pxpermute.datasets import GroundTruth, IFCDataset
@@ -38,18 +39,18 @@ def roar(tiny):
     import pxpermute.training as training
 
     calls = []
-    original = training.cross_validate
+    original = training.cross_validate_many
 
-    def counting(*args, **kwargs):
-        calls.append(tuple(kwargs["channels"]))
-        return original(*args, **kwargs)
+    def counting(ds, subsets, **kwargs):
+        calls.extend(tuple(c) for c in subsets)
+        return original(ds, subsets, **kwargs)
 
-    training.cross_validate = counting
+    training.cross_validate_many = counting
     try:
         res = remove_and_retrain(tiny, {"oracle": ["sig", "noise", "empty"], "reversed": ["empty", "noise", "sig"]},
                                  n_splits=2, random_state=0, progress=False, **TRAIN)
     finally:
-        training.cross_validate = original
+        training.cross_validate_many = original
     return res, calls
 
 
@@ -73,7 +74,7 @@ def test_remove_and_retrain_table(roar, tiny):
 
 def test_oracle_curve_not_below_reversed(roar):
     res, _ = roar
-    s = res.summary().set_index("method")
+    s = res.summary_frame().set_index("method")
     assert s.loc["oracle", "mean"] >= s.loc["reversed", "mean"]
     curve = res.curve().set_index(["method", "n_removed"])
     # with only the signal channel left the oracle keeps its score; without it the reversed ranking cannot
@@ -83,7 +84,8 @@ def test_oracle_curve_not_below_reversed(roar):
 def test_retraining_reuses_one_function_once_per_channel_set(roar):
     res, calls = roar
     distinct = {tuple(sorted(c.split(","))) for c in res.table.channels}
-    assert len(calls) == len(distinct) == res.params["n_trainings"]
+    assert len(calls) == len(distinct) == res.params["n_channel_sets"]
+    assert res.params["n_trainings"] == 2 * len(distinct)  # folds x channel sets
     # the full set (n_removed = 0) is shared by all methods: identical scores, trained once
     full = res.table[res.table.n_removed == 0].pivot(index="fold", columns="method", values="f1_macro")
     assert (full.nunique(axis=1) == 1).all()
@@ -92,7 +94,7 @@ def test_retraining_reuses_one_function_once_per_channel_set(roar):
 def test_summary_is_average_over_curve(roar):
     res, _ = roar
     t = res.table
-    s = res.summary().set_index("method")
+    s = res.summary_frame().set_index("method")
     for m in res.methods:
         per_fold = [t[(t.method == m) & (t.fold == k)].f1_macro.mean() for k in (0, 1)]
         assert s.loc[m, "mean"] == pytest.approx(np.mean(per_fold))
@@ -125,17 +127,20 @@ def test_remove_and_retrain_accepts_importance_results_and_steps(tiny, monkeypat
 
     seen = []
 
-    def fake_cv(ds, *, n_splits, channels, random_state, progress, **kw):
+    def fake_many(ds, subsets, *, n_splits, random_state, progress, **kw):
         # records the channel sets; returns scores = fraction of channels kept (no training needed here)
-        seen.append(list(channels))
         from types import SimpleNamespace
 
-        f = len(channels) / ds.n_channels
-        return SimpleNamespace(n_splits=n_splits, f1_macro=np.full(n_splits, f), accuracy=np.full(n_splits, f),
-                               test_indices=[np.arange(3)] * n_splits, class_names=ds.class_names,
-                               f1_per_class=np.full((n_splits, 2), f))
+        out = []
+        for channels in subsets:
+            seen.append(list(channels))
+            f = len(channels) / ds.n_channels
+            out.append(SimpleNamespace(n_splits=n_splits, models=[None] * n_splits, f1_macro=np.full(n_splits, f),
+                                       accuracy=np.full(n_splits, f), test_indices=[np.arange(3)] * n_splits,
+                                       class_names=ds.class_names, f1_per_class=np.full((n_splits, 2), f)))
+        return out
 
-    monkeypatch.setattr(training, "cross_validate", fake_cv)
+    monkeypatch.setattr(training, "cross_validate_many", fake_many)
     imp = ImportanceResult([[0.1, 0.5, 0.0]], channel_names=tiny.channel_names, info={"method": "pxpermute"})
     res = remove_and_retrain(tiny, {"PXPermute": imp, "idx": [0, 2, 1]}, steps=[2, 0], include_random=False,
                              n_splits=3, progress=False)
@@ -259,3 +264,99 @@ def test_plot_method_heatmap(roar):
         plot_method_heatmap({"d": [1, 2]})
     with pytest.raises(ValueError, match="column 'auc'"):
         plot_method_heatmap({"d": scores}, value="auc")
+
+
+def test_roar_result_protocol(roar, tmp_path):
+    from pxpermute.evaluation import PanelComparison
+
+    res, _ = roar
+    back = check_result_protocol(res, tmp_path, other_type=PanelComparison)
+    assert isinstance(back, ROARResult)
+    assert back.rankings == res.rankings and back.params == res.params and back.dataset_name == "tiny"
+    pd.testing.assert_frame_equal(back.curve(), res.curve())
+    text = res.summary()
+    assert text.splitlines()[0] == res.title()
+    # best method first, with its mean F1-macro over the curve and its interval
+    best = res.summary_frame().iloc[0]
+    assert text.splitlines()[2].split()[0] == best["method"] and f"{best['mean']:.3f}" in text.splitlines()[2]
+
+
+# ---------------------------------------------------------------------------
+# parallel retraining: n_jobs and a Dask cluster give the serial results
+# ---------------------------------------------------------------------------
+@pytest.fixture
+def one_torch_thread():
+    """Serial baselines with one torch thread: parallel workers below also train with one thread each.
+
+    Torch's CPU kernels sum in a thread-count dependent order, so bit-identical
+    runs need the same threads per training (see pxpermute.training.run_trainings).
+    """
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _weights(cv):
+    return [np.concatenate([p.detach().numpy().ravel() for p in net.module_.parameters()]) for net in cv.models]
+
+
+def _assert_same_cv(a, b):
+    np.testing.assert_array_equal(a.f1_macro, b.f1_macro)
+    np.testing.assert_array_equal(a.f1_per_class, b.f1_per_class)
+    for x, y in zip(a.y_pred + a.test_indices, b.y_pred + b.test_indices):
+        np.testing.assert_array_equal(x, y)
+    for x, y in zip(_weights(a), _weights(b)):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_cross_validate_n_jobs_equals_serial_and_counts_trainings(tiny, one_torch_thread, capsys):
+    import joblib
+
+    from pxpermute.training import cross_validate
+
+    serial = cross_validate(tiny, n_splits=2, random_state=5, progress=False, **TRAIN)
+    with joblib.parallel_config(backend="loky", inner_max_num_threads=1):
+        par = cross_validate(tiny, n_splits=2, random_state=5, n_jobs=2, progress=True, **TRAIN)
+    err = capsys.readouterr().err
+    assert "2/2" in err and "training" in err  # the bar counts finished trainings
+    _assert_same_cv(par, serial)
+    with pytest.raises(ValueError, match="n_jobs"):
+        cross_validate(tiny, n_splits=2, n_jobs=0, progress=False, **TRAIN)
+
+
+def test_remove_and_retrain_n_jobs_equals_serial(tiny, one_torch_thread):
+    import joblib
+
+    kw = dict(steps=[0, 2], include_random=False, n_splits=2, random_state=1, progress=False, **TRAIN)
+    serial = remove_and_retrain(tiny, {"oracle": ["sig", "noise", "empty"]}, **kw)
+    with joblib.parallel_config(backend="loky", inner_max_num_threads=1):
+        par = remove_and_retrain(tiny, {"oracle": ["sig", "noise", "empty"]}, n_jobs=2, **kw)
+    pd.testing.assert_frame_equal(par.table, serial.table)
+
+
+def test_cross_validate_on_a_dask_cluster_equals_serial(tiny):
+    pytest.importorskip("distributed", reason="dask.distributed is not installed (pip install pxpermute[distributed])")
+    import joblib
+    import torch
+    from distributed import Client, LocalCluster
+
+    from pxpermute.training import cross_validate
+
+    # on 2 workers every training gets cores // 2 torch threads: the serial baseline uses as many
+    n = torch.get_num_threads()
+    torch.set_num_threads(max(1, joblib.cpu_count() // 2))
+    try:
+        serial = cross_validate(tiny, n_splits=2, random_state=7, channels=["sig", "noise"], progress=False, **TRAIN)
+    finally:
+        torch.set_num_threads(n)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        with joblib.parallel_config(backend="dask"):
+            par = cross_validate(tiny, n_splits=2, random_state=7, channels=["sig", "noise"], n_jobs=-1,
+                                 progress=False, **TRAIN)
+        workers = client.run(lambda: __import__("os").getpid())
+    assert len(workers) == 2
+    _assert_same_cv(par, serial)

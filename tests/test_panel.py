@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from result_protocol import check_result_protocol
 from scipy import stats
 from torch import nn
 
@@ -36,6 +37,15 @@ from pxpermute.panel import (
     paired_tests,
     side_by_side,
 )
+
+
+def test_panel_module_is_an_alias_of_the_evaluation_package():
+    import pxpermute.evaluation as ev
+    import pxpermute.panel as panel
+
+    for name in panel.__all__:
+        if name != "TESTS":
+            assert getattr(panel, name) is getattr(ev, name), name
 
 
 class TinyNet(nn.Module):
@@ -109,8 +119,8 @@ def comparison(ds):
 def test_compare_panels_contract_and_planted_order(comparison, ds):
     cmp = comparison
     assert isinstance(cmp, PanelComparison)
-    assert cmp.summary.panel.tolist() == ["stain-free", "stain-free + top-1", "stain-free + top-2", "all channels"]
-    assert cmp.summary.n_channels.tolist() == [1, 2, 3, 5]
+    assert cmp.panel_table.panel.tolist() == ["stain-free", "stain-free + top-1", "stain-free + top-2", "all channels"]
+    assert cmp.panel_table.n_channels.tolist() == [1, 2, 3, 5]
     assert len(cmp.scores) == 4 * 2 and set(cmp.scores.fold) == {0, 1}
     # the same folds for every panel (paired scores)
     folds = [cv.test_indices for cv in cmp.cv_results.values()]
@@ -119,14 +129,14 @@ def test_compare_panels_contract_and_planted_order(comparison, ds):
             np.testing.assert_array_equal(f0, f1)
     assert cmp.cv_results["stain-free + top-2"].channels == ["BF", "A", "B"]
     # summary = mean / t-CI over the per-fold scores
-    for row in cmp.summary.itertuples():
+    for row in cmp.panel_table.itertuples():
         v = cmp.scores.loc[cmp.scores.panel == row.panel, "f1_macro"].to_numpy()
         assert row.f1_macro_mean == pytest.approx(v.mean())
         half = stats.t.ppf(0.975, 1) * v.std(ddof=1) / np.sqrt(2)
         assert row.f1_macro_ci_low == pytest.approx(v.mean() - half)
         assert row.f1_macro_ci_low <= row.f1_macro_mean <= row.f1_macro_ci_high
     # planted truth: A and B together carry all the information, BF alone none
-    m = cmp.summary.set_index("panel")["f1_macro_mean"]
+    m = cmp.panel_table.set_index("panel")["f1_macro_mean"]
     assert m["all channels"] > 0.9
     assert m["stain-free + top-2"] > 0.9
     assert m["stain-free"] < 0.5 and m["stain-free + top-1"] < m["stain-free + top-2"] - 0.3
@@ -187,8 +197,14 @@ def test_paired_tests_match_scipy_and_document_small_sample_limits():
 # ---------------------------------------------------------------------------
 # 2. minimal panel
 # ---------------------------------------------------------------------------
-def test_minimal_panel_ranking_and_greedy_find_the_planted_stains(ds):
-    mp = minimal_panel(ds, ["A", "B", "Noise", "Empty"], tolerance=0.05, greedy=True, n_splits=2, progress=False, **FAST)
+@pytest.fixture(scope="module")
+def minimal(ds):
+    return minimal_panel(ds, ["A", "B", "Noise", "Empty"], tolerance=0.05, greedy=True, n_splits=2, progress=False,
+                         **FAST)
+
+
+def test_minimal_panel_ranking_and_greedy_find_the_planted_stains(minimal):
+    mp = minimal
     assert isinstance(mp, MinimalPanel)
     assert mp.stains == ["A", "B"] and mp.panel == ["BF", "A", "B"]
     rk = mp.searches["ranking"]
@@ -253,6 +269,40 @@ def test_leave_one_channel_out_ranks_planted_stains_first_and_records_cost(ds, c
         leave_one_channel_out(ds, groups={"all": ds.channel_names}, n_splits=2, progress=False, **FAST)
 
 
+def test_loco_folds_and_runtime_vs_loco_use_one_implementation(ds, comparison, monkeypatch):
+    from pxpermute.evaluation import loco as loco_module
+    from pxpermute.evaluation import runtime_vs_loco
+
+    ref = comparison.cv_results["all channels"]
+    # one fold of the split: the reference is cut to that fold, and only the C leave-outs of it are trained
+    one = leave_one_channel_out(ds, n_splits=2, reference=ref, folds=[1], channels=["A", "Empty"], progress=False,
+                                **FAST)
+    assert one.importances.shape == (1, 2) and one.info["folds"] == [1] and one.info["n_trainings"] == 2
+    full = leave_one_channel_out(ds, n_splits=2, reference=ref, channels=["A", "Empty"], progress=False, **FAST)
+    np.testing.assert_array_equal(one.importances[0], full.importances[1])  # same fold, same seed: same trainings
+    with pytest.raises(ValueError, match="folds"):
+        leave_one_channel_out(ds, n_splits=2, reference=ref, folds=[2], progress=False, **FAST)
+
+    # the runtime comparison measures LOCO through leave_one_channel_out itself
+    calls = []
+    original = loco_module.leave_one_channel_out
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(loco_module, "leave_one_channel_out", spy)
+    small = planted(n=80, seed=2).select_channels([0, 1, 2])
+    r = runtime_vs_loco(small, n_splits=2, folds=1, n_repeats=3, progress=False, **FAST)
+    assert len(calls) == 1 and calls[0]["folds"] == [0] and calls[0]["reference"] is not None
+    assert r["pxpermute_importance"].shape == (1, 3) and r["loco_importance"].shape == (1, 3)
+    assert r["loco_trainings"] == 3  # C leave-outs on the one timed fold; the reference is reused
+    assert r["speedup"] == pytest.approx(r["loco_s_per_fold"] / r["pxpermute_s_per_fold"])
+    assert r["loco_s_per_fold_paper"] == pytest.approx(r["loco_s_per_fold"] + r["train_s_per_model"])
+    assert sorted(r["pxpermute_ranking"]) == sorted(r["loco_ranking"]) == sorted(small.channel_names)
+    assert len(r["adaptive_k_used"]) == 1 and 1 <= r["adaptive_k_used"][0] <= 3
+
+
 # ---------------------------------------------------------------------------
 # 4. k ablation
 # ---------------------------------------------------------------------------
@@ -313,13 +363,26 @@ def _score_fn(calls: list):
     return fn
 
 
-def test_multistage_design_selects_planted_markers():
-    big = planted(n=240, n_noise=6, seed=1)  # BF, A, B, N1..N6, Empty
-    runs = [["A", "N1", "N2", "N3", "N4"], ["N5", "B", "N6", "Empty"]]
+RUNS = [["A", "N1", "N2", "N3", "N4"], ["N5", "B", "N6", "Empty"]]
+
+
+@pytest.fixture(scope="module")
+def big():
+    return planted(n=240, n_noise=6, seed=1)  # BF, A, B, N1..N6, Empty
+
+
+@pytest.fixture(scope="module")
+def design_calls(big):
     calls: list = []
     final = partial(cv_importance, n_splits=2, n_repeats=4, **FAST)
-    design = multistage_design(runs, _score_fn(calls), dataset=big, per_run=2, final_importance_fn=final,
+    design = multistage_design(RUNS, _score_fn(calls), dataset=big, per_run=2, final_importance_fn=final,
                                progress=False)
+    return design, calls
+
+
+def test_multistage_design_selects_planted_markers(big, design_calls):
+    runs = RUNS
+    design, calls = design_calls
     assert isinstance(design, MultiStageResult)
     # each run saw its markers plus the stain-free channel
     assert calls[0][0] == ["BF", "A", "N1", "N2", "N3", "N4"] and calls[1][0] == ["BF", "B", "N5", "N6", "Empty"]
@@ -386,3 +449,64 @@ def test_panel_plots(comparison, ds):
     assert "minimal panel" in fig.axes[0].get_title()
     assert plot_panel_comparison is not None
     matplotlib.pyplot.close("all")
+
+
+# ---------------------------------------------------------------------------
+# the result protocol: to_frame, summary (text), plot, save/load, damaged files
+# ---------------------------------------------------------------------------
+def test_panel_comparison_protocol(comparison, tmp_path):
+    back = check_result_protocol(comparison, tmp_path, other_type=MinimalPanel)
+    assert "stain-free + top-2" in comparison.summary() and comparison.statement() in comparison.summary()
+    pd.testing.assert_frame_equal(back.tests, comparison.tests)
+    pd.testing.assert_frame_equal(back.summary_frame(), comparison.summary_frame())
+    assert back.info == comparison.info
+    # the cross-validations come back without networks but with folds, scores and predictions
+    for name, cv in comparison.cv_results.items():
+        got = back.cv_results[name]
+        assert got.models == [None] * cv.n_splits and got.channels == cv.channels
+        np.testing.assert_array_equal(got.f1_per_class, cv.f1_per_class)
+        for a, b in zip(got.test_indices + got.y_pred, cv.test_indices + cv.y_pred):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_cv_result_protocol(comparison, tmp_path):
+    from pxpermute.training import CVResult
+
+    cv = comparison.cv_results["all channels"]
+    back = check_result_protocol(cv, tmp_path, other_type=PanelComparison)
+    assert isinstance(back, CVResult) and back.random_state == cv.random_state
+    assert "2-fold cross-validation" in cv.summary() and "F1[ab]" in cv.summary()
+    pd.testing.assert_frame_equal(back.summary_frame(), cv.summary_frame())
+
+
+def test_minimal_panel_protocol(minimal, tmp_path):
+    back = check_result_protocol(minimal, tmp_path, other_type=PanelComparison)
+    assert set(back.searches) == {"ranking", "greedy"}
+    for name, s in minimal.searches.items():
+        pd.testing.assert_frame_equal(back.searches[name].path, s.path)
+        assert back.searches[name].stains == s.stains and back.searches[name].found == s.found
+    assert sorted(back.cv_results) == sorted(minimal.cv_results)
+    assert back.panel == minimal.panel and back.reference_score == minimal.reference_score
+    assert "ranking" in minimal.summary() and "greedy" in minimal.summary()
+
+
+def test_multistage_protocol(design_calls, tmp_path):
+    design, _ = design_calls
+    back = check_result_protocol(design, tmp_path, other_type=KAblation)
+    assert back.panel == design.panel and back.recovered_fraction() == design.recovered_fraction()
+    for a, b in zip(back.stages + [back.final], design.stages + [design.final]):
+        np.testing.assert_array_equal(a["result"].importances, b["result"].importances)
+        assert a["selected"] == b["selected"] and a["result"].channel_names == b["result"].channel_names
+    assert back.final["result"].info["n_splits"] == 2
+    assert "panel:" in design.summary() and "*" in design.summary()
+
+
+def test_k_ablation_protocol(comparison, ds, tmp_path):
+    cv = comparison.cv_results["all channels"]
+    abl = k_ablation(cv.models[0], ds.subset(cv.test_indices[0]), ks=(2, 5, 10), random_state=1, progress=False)
+    back = check_result_protocol(abl, tmp_path, other_type=MultiStageResult)
+    np.testing.assert_array_equal(back.result.confusion, abl.result.confusion)
+    pd.testing.assert_frame_equal(back.rankings, abl.rankings)
+    pd.testing.assert_series_equal(back.kendall_tau, abl.kendall_tau)
+    assert back.stable_k == abl.stable_k and back.ks == abl.ks
+    assert f"stable from k = {abl.stable_k}" in abl.summary()

@@ -306,7 +306,7 @@ def test_cross_validate_partition_scores_and_determinism(easy_ds, capsys):
     assert len(df) == 3 * (2 + 2)
     assert set(df["metric"]) == {"f1_macro", "accuracy", "f1"}
     assert df.loc[df.metric == "f1_macro", "value"].tolist() == pytest.approx(cv.f1_macro.tolist())
-    summ = cv.summary()
+    summ = cv.summary_frame()
     assert summ.loc[summ.metric == "f1_macro", "mean"].item() == pytest.approx(cv.f1_macro_mean)
     assert "F1-macro" in repr(cv)
 
