@@ -86,11 +86,42 @@ def jsonable(obj: Any) -> Any:
 
 
 def bundle_paths(path: str | os.PathLike) -> tuple[Path, Path]:
-    """The ``(json, npz)`` pair of paths for ``path`` (with or without a ``.json``/``.npz`` suffix)."""
+    """The ``(json, npz)`` pair of paths for ``path`` (with or without a ``.json``/``.npz`` suffix).
+
+    Only ``.json`` / ``.npz`` are stripped; any other dot belongs to the name, so
+    ``run.seed1`` gives ``run.seed1.json`` + ``run.seed1.npz`` (not ``run.json``).
+
+    >>> [p.name for p in bundle_paths("out/run.seed1")]
+    ['run.seed1.json', 'run.seed1.npz']
+    """
     stem = Path(path)
     if stem.suffix in (".json", ".npz"):
         stem = stem.with_suffix("")
-    return stem.with_suffix(".json"), stem.with_suffix(".npz")
+    return stem.with_name(stem.name + ".json"), stem.with_name(stem.name + ".npz")
+
+
+def _write_pair(files: list[tuple[Path, bytes]]) -> None:
+    """Write every file to a temporary name (fsynced) first, then rename them all.
+
+    Nothing at the final paths is touched until every byte is on disk, so a
+    failing write (full disk, permissions) leaves an earlier pair loadable.
+    """
+    tmps: list[tuple[Path, Path]] = []
+    try:
+        for path, data in files:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+            tmps.append((tmp, path))
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        for tmp, path in tmps:
+            os.replace(tmp, path)
+    finally:
+        for tmp, _ in tmps:
+            if tmp.exists():
+                tmp.unlink()
 
 
 def save_bundle(
@@ -105,7 +136,8 @@ def save_bundle(
     Parameters
     ----------
     path : path-like
-        Stem of the pair; a ``.json`` or ``.npz`` suffix is stripped.
+        Stem of the pair; a ``.json`` or ``.npz`` suffix is stripped, any other
+        suffix is kept (``run.seed1`` -> ``run.seed1.json`` + ``run.seed1.npz``).
     meta : mapping
         JSON-able metadata (numpy values are converted, non-finite floats become
         ``null``).  The keys ``format``, ``format_version``, ``kind`` and
@@ -147,9 +179,8 @@ def save_bundle(
     doc = {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": kind,
            "npz_sha256": hashlib.sha256(blob).hexdigest()}
     doc.update(jsonable(dict(meta)))
-    text = json.dumps(doc, indent=2, allow_nan=False)
-    atomic_write(npz_path, blob)
-    atomic_write(json_path, text.encode())
+    text = json.dumps(doc, indent=2, allow_nan=False)  # everything serialised before any file is touched
+    _write_pair([(npz_path, blob), (json_path, text.encode())])
     return json_path
 
 

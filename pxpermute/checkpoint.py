@@ -35,14 +35,17 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(path: str | os.PathLike, fp: Mapping[str, Any], baseline: np.ndarray, confusion: np.ndarray,
-                    n_forward_images: int, extras: Mapping[str, np.ndarray] | None = None) -> Path:
+                    n_forward_images: int, extras: Mapping[str, np.ndarray] | None = None,
+                    data_stream_digest: str | None = None) -> Path:
     """Write a checkpoint atomically (temporary file + fsync + rename).
 
     Layout: the line ``PXPERMUTE-CHECKPOINT``, one line of JSON header
     (format version, configuration fingerprint, repeats done, payload size and
     SHA-256), then an ``.npz`` payload with ``baseline`` (K, K) and
     ``confusion`` (R, U, K, K), plus ``extra_<name>`` arrays (e.g. bootstrap
-    counts pooled over the finished repeats).
+    counts pooled over the finished repeats).  ``data_stream_digest`` (from
+    :class:`pxpermute.fingerprint.StreamDigest`) covers every evaluated image; the
+    runner compares it when it resumes.
     """
     path = Path(path)
     buf = io.BytesIO()
@@ -59,6 +62,8 @@ def save_checkpoint(path: str | os.PathLike, fp: Mapping[str, Any], baseline: np
         "payload_sha256": hashlib.sha256(payload).hexdigest(),
         "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    if data_stream_digest is not None:
+        header["data_stream_digest"] = str(data_stream_digest)
     blob = CHECKPOINT_MAGIC + json.dumps(header, sort_keys=True, default=str).encode() + b"\n" + payload
     return atomic_write(path, blob)
 

@@ -11,6 +11,7 @@ distributed run combine by summing.
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import time
@@ -37,7 +38,14 @@ from .fingerprint import data_digest, fingerprint, model_digest
 from .keys import seed_words
 from .metrics import METRICS
 from .perturb import DETERMINISTIC, PERTURBATIONS, PerturbContext
-from .predictor import _first_conv_channels, _Predictor, as_predictor, auto_batch_size  # noqa: F401  (old import paths)
+from .predictor import (  # noqa: F401  (old import paths)
+    _first_conv_channels,
+    _Predictor,
+    as_output_tensor,
+    as_predictor,
+    auto_batch_size,
+    preserve_model_state,
+)
 from .result import ImportanceResult
 from .runner import run_repeats
 from .sources import _BlockDataset, _Source, _to_numpy, as_source  # noqa: F401  (old import paths)
@@ -165,6 +173,8 @@ def accumulate(plan: _Plan, indices: np.ndarray, repeats: range, *, with_baselin
         if x.shape[1:] != (C, H, W):
             raise ValueError(f"image shape changed within the data: {tuple(x.shape[1:])} vs {(C, H, W)}")
         _check_finite(x, idx)
+        if getattr(plan, "stream_digest", None) is not None:  # checkpoints: every evaluated image is hashed
+            plan.stream_digest.update(idx, x_np, y_np)
         y = torch.as_tensor(np.asarray(y_np, dtype=np.int64), device=dev)
         if src.labels is None and y.numel() and (int(y.min()) < 0 or int(y.max()) >= K):
             raise ValueError(f"labels must lie in [0, {K}) for {K} classes; found {int(y.min())}..{int(y.max())}")
@@ -173,7 +183,7 @@ def accumulate(plan: _Plan, indices: np.ndarray, repeats: range, *, with_baselin
         w = poisson_weights(plan.ctx.seed, idx_t, nb) if nb else None  # (nb, B), a function of (seed, index, b)
         if with_baseline:
             try:
-                p0 = plan.predict(x, K)
+                p0 = plan.predict(x.clone(), K)  # a copy: a model that edits its input in place cannot reach x
             except ValueError:
                 raise
             except Exception as err:
@@ -210,6 +220,30 @@ def accumulate(plan: _Plan, indices: np.ndarray, repeats: range, *, with_baselin
     )
 
 
+def _restores_model(fn: Callable) -> Callable:
+    """Give the caller's torch model its train/eval flags and device back after the run (also on error)."""
+
+    @functools.wraps(fn)
+    def wrapper(model: Any, *args: Any, **kwargs: Any) -> Any:
+        with preserve_model_state(model):
+            return fn(model, *args, **kwargs)
+
+    return wrapper
+
+
+def _check_distinct(names: Sequence[Any], what: str) -> None:
+    seen: set[str] = set()
+    dup = [n for n in map(str, names) if n in seen or seen.add(n)]
+    if dup:
+        raise ValueError(f"{what} names must be distinct (results and tables are indexed by them); "
+                         f"{sorted(set(dup))} appear more than once in {list(names)}")
+
+
+#: refuse runs whose confusion matrices alone would need more memory than this
+MAX_CONFUSION_BYTES = 4 << 30
+
+
+@_restores_model
 def channel_importance(
     model: Any,
     data: Any,
@@ -414,18 +448,29 @@ def channel_importance(
     if n_classes is not None and cls_names is not None and len(cls_names) != n_classes:
         raise ValueError(f"n_classes={n_classes} but {len(cls_names)} class names")
 
+    _check_distinct(ch_names, "channel")
+    if cls_names is not None:
+        _check_distinct(cls_names, "class")
+
     pred_fn = _Predictor(model, device, amp=amp, channels_last=channels_last)
     dev = pred_fn.device
-    if pred_fn.expected_channels is not None and pred_fn.expected_channels != C:
-        raise ValueError(
-            f"the model expects {pred_fn.expected_channels} input channels but the data have {C} channels "
-            f"({ch_names}); select the channels the model was trained on"
-        )
+    # One forward pass on (up to) two images before the run: the model must accept these data.  The first
+    # Conv2d's in_channels is only a hint (it need not be the input layer), reported if the forward fails.
+    x0, _ = src.read(np.arange(min(2, src.n)))
+    try:
+        out = pred_fn.raw(torch.from_numpy(np.array(x0, dtype=np.float32)).to(dev))  # a copy of the images
+    except Exception as err:
+        hint = ""
+        if pred_fn.expected_channels is not None and pred_fn.expected_channels != C:
+            hint = (f"; the model expects {pred_fn.expected_channels} input channels but the data have {C} "
+                    f"channels {ch_names} (in_channels of its first Conv2d): select the channels the model was "
+                    "trained on")
+        raise ValueError(f"the model failed on a batch of shape {tuple(x0.shape)}: {type(err).__name__}: {err}"
+                         f"{hint}") from err
+    out = as_output_tensor(out)
     if cls_names is None:
-        # infer K from the model's output width on the first image, else from the labels
-        x0, _ = src.read(np.array([0]))
-        out = pred_fn.raw(torch.from_numpy(x0).to(dev))
-        width = int(out.shape[1]) if getattr(out, "ndim", 1) == 2 else 0
+        # infer K from the model's output width, else from the labels
+        width = int(out.shape[1]) if out.ndim == 2 else 0
         lab_max = int(src.labels.max()) + 1 if src.labels is not None and src.labels.size else 0
         cls_names = [f"class{i}" for i in range(max(width, lab_max))]
     K = len(cls_names)
@@ -438,6 +483,14 @@ def channel_importance(
 
     units, unit_names, group_map = _resolve_units(groups, ch_names)
     R = 1 if perturbation in DETERMINISTIC else int(n_repeats)
+    need = R * len(units) * K * K * 8
+    if need > MAX_CONFUSION_BYTES:
+        raise ValueError(
+            f"n_repeats={n_repeats} is far too many: {R} repeats x {len(units)} channels x {K}x{K} confusion "
+            f"matrices need {need / 2**30:.3g} GiB of memory (limit {MAX_CONFUSION_BYTES / 2**30:.3g} GiB) and "
+            f"{float(R) * len(units) * src.n:.3g} forward passes of one image. k = 100 is the published "
+            "recommendation (rankings stable from k = 100); use adaptive=True to stop once the ranking is settled"
+        )
     perturb = PERTURBATIONS[perturbation]
     seed = seed_words(random_state)
     if isinstance(batch_size, str):  # "auto"

@@ -160,7 +160,15 @@ def perturb_sample(x, idx, channels, unit, repeats, ctx):
     S = len(repeats)
     out = _stack(x, S)
     donors = sample_permutation(ctx.seed, idx, unit, repeats, ctx.n)  # (S, B)
-    donor_x = ctx.fetch(donors.reshape(-1).cpu().numpy(), channels)  # (S*B, len(channels), H, W)
+    donor_idx = donors.reshape(-1).cpu().numpy()
+    donor_x = ctx.fetch(donor_idx, channels)  # (S*B, len(channels), H, W)
+    if not bool(torch.isfinite(donor_x).all()):  # donors may lie outside the evaluated (sub)sample
+        bad = np.unique(donor_idx[(~torch.isfinite(donor_x)).flatten(1).any(1).numpy()])
+        raise ValueError(
+            f"donor images for perturbation='sample' contain NaN or inf values (samples {bad[:10].tolist()}"
+            f"{' ...' if len(bad) > 10 else ''}); donors come from the whole data set, also with max_samples: "
+            "clean or impute them before computing importances"
+        )
     out[:, list(channels)] = donor_x.to(out.device, out.dtype)
     return out
 

@@ -28,6 +28,7 @@ import torch
 from .adaptive import AdaptiveK, ranking_settled
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .distributed import all_reduce_sum, broadcast_object, check_ranks_agree, distributed_context, shard_indices
+from .fingerprint import StreamDigest
 
 __all__ = ["run_repeats"]
 
@@ -59,6 +60,26 @@ def _reduce_acc(acc: Any) -> tuple[torch.Tensor | None, torch.Tensor, int]:
         conf = all_reduce_sum(conf)
         nf = int(all_reduce_sum(torch.tensor([nf], dtype=torch.int64, device=conf.device)).item())
     return base, conf, nf
+
+
+def _stream_digest(digest: StreamDigest) -> str:
+    """The digest of all ranks' samples (shards add up)."""
+    if distributed_context()[1] > 1:
+        lanes = torch.from_numpy(np.append(digest.lanes.view(np.int64), np.int64(digest.count)))
+        lanes = all_reduce_sum(lanes).cpu().numpy()  # int64 sums wrap like the uint64 lanes
+        total = StreamDigest()
+        total.add(lanes[:4].view(np.uint64), int(lanes[4]))
+        return total.hexdigest()
+    return digest.hexdigest()
+
+
+def _check_stream(checkpoint: Any, stored: str | None, found: str) -> None:
+    if stored is not None and stored != found:
+        raise CheckpointError(
+            f"checkpoint {checkpoint} was written for different data: the images or labels evaluated now differ "
+            f"from those of the run that wrote it (digest of every image {found[:24]}... vs {stored[:24]}...); "
+            f"delete {checkpoint} to start over, or pass another checkpoint path"
+        )
 
 
 def run_repeats(
@@ -127,6 +148,7 @@ def run_repeats(
     base_np: np.ndarray | None = None
     conf_parts: list[np.ndarray] = []
     done = loaded = 0
+    stored_stream: str | None = None
     if checkpoint is not None:
         state: Any = None
         if rank == 0 and Path(checkpoint).exists():
@@ -144,6 +166,10 @@ def run_repeats(
             done = conf_parts[0].shape[0]
             loaded = state["confusion"].shape[0]
             _collector_load(collector, state.get("extras", {}))
+            stored_stream = state.get("header", {}).get("data_stream_digest")
+    # with a checkpoint, every evaluated image is hashed while the first chunk of this run streams the data
+    digest = StreamDigest() if checkpoint is not None else None
+    stream: str | None = None
     resumed = done
     n_forward = 0
 
@@ -164,7 +190,14 @@ def run_repeats(
     try:
         for p in points:
             if p > done:
-                acc = accumulate(plan, local, range(done, p), with_baseline=base_np is None, bar=bar)
+                plan.stream_digest = digest if stream is None else None
+                try:
+                    acc = accumulate(plan, local, range(done, p), with_baseline=base_np is None, bar=bar)
+                finally:
+                    plan.stream_digest = None
+                if digest is not None and stream is None:
+                    stream = _stream_digest(digest)
+                    _check_stream(checkpoint, stored_stream, stream)  # before anything is added or written
                 b, c, nf = _reduce_acc(acc)
                 if base_np is None:
                     base_np = b.cpu().numpy()
@@ -173,7 +206,7 @@ def run_repeats(
                 done = p
                 if checkpoint is not None and rank == 0:
                     save_checkpoint(checkpoint, fp, base_np, np.concatenate(conf_parts), n_forward,
-                                    extras=_collector_state(collector))
+                                    extras=_collector_state(collector), data_stream_digest=stream)
             k = p
             if adaptive is not None and p >= adaptive.min_repeats and p < n_repeats:
                 conf = np.concatenate(conf_parts)[:p]
@@ -183,6 +216,11 @@ def run_repeats(
                     break
     finally:
         bar.close()
+    if digest is not None and stream is None and stored_stream is not None:
+        # resumed from a finished checkpoint: nothing was evaluated, so read the data once to check them
+        for idx, x, y in plan.src.blocks(local, plan.block_size(max(len(local), 1))):
+            digest.update(idx, x, y)
+        _check_stream(checkpoint, stored_stream, _stream_digest(digest))
     confusion = np.concatenate(conf_parts)[:k]
     if loaded > k and _collector_state(collector):
         raise CheckpointError(

@@ -12,11 +12,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from .datasets.base import IFCDataset
 
-__all__ = ["as_source", "DataSource"]
+__all__ = ["as_source", "DataSource", "check_labels"]
 
 
 class _Source:
@@ -84,6 +84,49 @@ def _to_numpy(a: Any) -> np.ndarray:
     return np.asarray(a)
 
 
+def check_labels(y: Any, where: str = "labels") -> np.ndarray:
+    """Labels as a 1-D int64 array of class indices, or a clear error (the one label check of every data path).
+
+    Integer dtypes pass; floats pass only when every value is a whole number
+    (``1.0``); fractional floats (``0.9``), NaN, strings, booleans-as-objects and
+    per-sample vectors (one-hot or probabilities) are rejected with the fix.
+    """
+    try:
+        arr = _to_numpy(y)
+    except (ValueError, TypeError) as err:
+        raise TypeError(f"{where} must be integer class indices; they could not be read as an array ({err})") from None
+    if arr.ndim == 2 and arr.shape[0] and arr.shape[1] > 1 and np.issubdtype(arr.dtype, np.number):
+        raise ValueError(
+            f"{where} have shape {arr.shape}: one vector of {arr.shape[1]} values per sample (one-hot or "
+            "probabilities?); pass integer class indices, e.g. y.argmax(1)"
+        )
+    if arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    if arr.ndim != 1:
+        raise ValueError(f"{where} must be 1-D (one class index per sample), got shape {arr.shape}")
+    if arr.size == 0 or np.issubdtype(arr.dtype, np.integer):
+        return arr.astype(np.int64)
+    if arr.dtype == bool:
+        return arr.astype(np.int64)
+    if np.issubdtype(arr.dtype, np.floating):
+        finite = np.isfinite(arr)
+        whole = finite & (np.mod(np.where(finite, arr, 0), 1) == 0)
+        if whole.all():
+            return arr.astype(np.int64)
+        bad = arr[~whole][:3].tolist()
+        raise TypeError(
+            f"{where} must be integer class indices, got float values such as {bad}; labels are not "
+            "rounded or truncated: pass class indices (0, 1, ...), e.g. (y > 0.5).astype(int) for scores"
+        )
+    if arr.dtype.kind in "USO":
+        raise TypeError(
+            f"{where} must be integer class indices, got {arr.dtype.kind == 'O' and 'objects' or 'strings'} such as "
+            f"{arr[:3].tolist()}; map class names to indices, e.g. np.unique(y, return_inverse=True)[1], "
+            "and pass the names as class_names="
+        )
+    raise TypeError(f"{where} must be integer class indices, got dtype {arr.dtype}")
+
+
 def as_source(data: Any, labels: Any = None, *, num_workers: int = 0) -> _Source:
     """Wrap arrays, an (X, y) pair, an IFCDataset, a torch Dataset or a DataLoader."""
     if isinstance(data, DataLoader):
@@ -100,6 +143,13 @@ def as_source(data: Any, labels: Any = None, *, num_workers: int = 0) -> _Source
     if isinstance(data, Dataset):
         if labels is not None:
             raise ValueError("labels come from the Dataset's items; do not pass labels= as well")
+        if isinstance(data, IterableDataset) or not hasattr(data, "__len__"):
+            raise TypeError(
+                f"{type(data).__name__} is {'an IterableDataset' if isinstance(data, IterableDataset) else 'a Dataset without __len__'}: "
+                "the engine needs random access by sample index (permutations are keyed by index, and 'sample' "
+                "reads donor images); pass a map-style Dataset with __len__ and __getitem__, arrays (X, y), or "
+                "an IFCDataset (lazy HDF5 for data that do not fit in memory)"
+            )
         n = len(data)  # type: ignore[arg-type]
         if n == 0:
             raise ValueError("the data set is empty (0 samples)")
@@ -112,7 +162,13 @@ def as_source(data: Any, labels: Any = None, *, num_workers: int = 0) -> _Source
 
         def reader(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             items = [data[int(i)] for i in idx]
-            return np.stack([_to_numpy(it[0]) for it in items]), np.array([int(it[1]) for it in items])
+            try:
+                lab = np.stack([_to_numpy(it[1]) for it in items])
+            except ValueError as err:  # labels of different shapes / types
+                raise TypeError(f"the Dataset's labels must be integer class indices; items {idx[:3].tolist()}... "
+                                f"gave labels that do not stack ({err})") from None
+            return (np.stack([_to_numpy(it[0]) for it in items]),
+                    check_labels(lab, f"labels from {type(data).__name__}[i][1]"))
 
         return _Source(n, shape, None, reader, None, None, type(data).__name__, num_workers)
     if labels is None:
@@ -120,18 +176,11 @@ def as_source(data: Any, labels: Any = None, *, num_workers: int = 0) -> _Source
     X = data.detach().cpu() if isinstance(data, torch.Tensor) else data
     if not hasattr(X, "shape") or not hasattr(X, "__getitem__"):
         X = np.asarray(X)
-    y = _to_numpy(labels)
     if len(X.shape) != 4:
         raise ValueError(f"images must have shape (N, C, H, W), got shape {tuple(X.shape)}")
-    if y.ndim != 1:
-        raise ValueError(f"labels must be 1-D, got shape {y.shape}")
+    y = check_labels(labels)
     if len(y) != X.shape[0]:
         raise ValueError(f"mismatched lengths: {X.shape[0]} images but {len(y)} labels")
-    if y.size and not np.issubdtype(y.dtype, np.integer):
-        if np.issubdtype(y.dtype, np.floating) and np.all(np.isfinite(y)) and np.all(np.mod(y, 1) == 0):
-            y = y.astype(np.int64)
-        else:
-            raise TypeError(f"labels must be integer class indices, got dtype {y.dtype}")
 
     def reader(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         x = X[torch.from_numpy(idx)] if isinstance(X, torch.Tensor) else X[idx]
