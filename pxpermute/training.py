@@ -854,16 +854,24 @@ class CVResult(SavableResult):
         )
 
 
-def _threads_for(n_workers: int) -> int:
-    """Torch / BLAS threads per training when ``n_workers`` trainings run at once.
+def _threads_for(n_workers: int) -> int | None:
+    """Torch / BLAS threads per training when ``n_workers`` trainings run at once (``None``: the worker's own).
 
-    joblib's own knob wins: ``joblib.parallel_config(backend=..., inner_max_num_threads=t)``
-    gives every training ``t`` threads; otherwise ``cores // n_workers`` (at least 1).
+    Workers on this machine (joblib's loky and multiprocessing backends) get
+    joblib's ``inner_max_num_threads`` when the active ``parallel_config`` sets
+    it, else ``cores // n_workers`` (at least 1).  Workers elsewhere (a Dask
+    cluster) keep their own setting: Dask starts every worker process with
+    ``OMP_NUM_THREADS=1`` (``distributed.nanny.pre-spawn-environ``), and this
+    machine's core count says nothing about theirs.
     """
     from joblib import cpu_count
+    from joblib._parallel_backends import LokyBackend, MultiprocessingBackend
     from joblib.parallel import get_active_backend
 
-    inner = getattr(get_active_backend()[0], "inner_max_num_threads", None)
+    backend = get_active_backend()[0]
+    if not isinstance(backend, (LokyBackend, MultiprocessingBackend)):
+        return None
+    inner = getattr(backend, "inner_max_num_threads", None)
     if inner:
         return int(inner)
     return max(1, int(cpu_count()) // max(1, int(n_workers)))
@@ -923,10 +931,12 @@ def run_trainings(
     run one after another here (``n_threads=None``: torch keeps its threads).
     Otherwise they go to ``joblib.Parallel(n_jobs)`` -- worker processes (loky)
     by default, a Dask cluster inside ``joblib.parallel_config(backend="dask")``
-    -- and every task gets ``n_threads = max(1, cores // workers)`` torch/BLAS
-    threads (or joblib's ``inner_max_num_threads`` when the active
-    ``parallel_config`` sets it), so the workers do not oversubscribe the
-    machine's cores.  A tqdm bar counts finished tasks.
+    -- and every task on this machine gets ``n_threads = max(1, cores //
+    workers)`` torch/BLAS threads (or joblib's ``inner_max_num_threads`` when
+    the active ``parallel_config`` sets it), so the workers do not
+    oversubscribe the cores; on a Dask cluster every task keeps its worker's
+    setting (``n_threads=None``; Dask runs worker processes with
+    ``OMP_NUM_THREADS=1``).  A tqdm bar counts finished tasks.
 
     Reproducibility: a task's randomness comes from its own arguments (seeds
     fixed per task, never per worker), so the results do not depend on
@@ -992,7 +1002,7 @@ def run_trainings(
             bar.close()
 
 
-def _indexed(fn: Callable[..., Any], i: int, task: tuple[Any, ...], n_threads: int) -> tuple[int, Any]:
+def _indexed(fn: Callable[..., Any], i: int, task: tuple[Any, ...], n_threads: int | None) -> tuple[int, Any]:
     return i, fn(*task, n_threads)
 
 
@@ -1148,7 +1158,7 @@ def cross_validate(
         worker gets ``cores // n_jobs`` torch threads.  ``None``/``1``: one
         after another in this process.  With more than one worker the data set
         is sent to the workers (joblib memory-maps large in-memory arrays; a
-        lazy HDF5 data set must be picklable).
+        lazy HDF5 data set travels as its file path, which the workers must see).
     progress : bool, default True
         Show a tqdm progress bar counting finished trainings.
     **train_kwargs

@@ -345,18 +345,19 @@ def test_cross_validate_on_a_dask_cluster_equals_serial(tiny):
 
     from pxpermute.training import cross_validate
 
-    # on 2 workers every training gets cores // 2 torch threads: the serial baseline uses as many
-    n = torch.get_num_threads()
-    torch.set_num_threads(max(1, joblib.cpu_count() // 2))
-    try:
-        serial = cross_validate(tiny, n_splits=2, random_state=7, channels=["sig", "noise"], progress=False, **TRAIN)
-    finally:
-        torch.set_num_threads(n)
+    kw = dict(n_splits=2, random_state=7, channels=["sig", "noise"], progress=False, **TRAIN)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
             Client(cluster) as client:
+        # trainings keep the workers' torch threads (Dask starts them with OMP_NUM_THREADS=1)
+        worker_threads = set(client.run(torch.get_num_threads).values())
         with joblib.parallel_config(backend="dask"):
-            par = cross_validate(tiny, n_splits=2, random_state=7, channels=["sig", "noise"], n_jobs=-1,
-                                 progress=False, **TRAIN)
-        workers = client.run(lambda: __import__("os").getpid())
-    assert len(workers) == 2
+            par = cross_validate(tiny, n_jobs=-1, **kw)
+        pids = client.run(lambda: __import__("os").getpid())
+    assert len(pids) == 2 and len(worker_threads) == 1
+    n = torch.get_num_threads()
+    torch.set_num_threads(worker_threads.pop())  # the serial baseline with the same threads per training
+    try:
+        serial = cross_validate(tiny, **kw)
+    finally:
+        torch.set_num_threads(n)
     _assert_same_cv(par, serial)

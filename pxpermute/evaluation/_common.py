@@ -9,17 +9,13 @@ import pandas as pd
 
 from .._validation import check_int
 from ..datasets.base import IFCDataset, resolve_channels
+from ..datasets.base import as_dataset as _as_dataset
 from ..result import ImportanceResult
 
 
 def as_dataset(dataset: Any, fn: str) -> IFCDataset:
-    """An :class:`IFCDataset` from a data set or an ``(images, labels)`` pair; a clear error otherwise."""
-    from ..training import _as_dataset
-
-    try:
-        return _as_dataset(dataset)
-    except TypeError:
-        raise TypeError(f"{fn}() needs an IFCDataset (or an (images, labels) pair), got {type(dataset).__name__}") from None
+    """An :class:`IFCDataset` from a data set or an ``(images, labels)`` pair (the package's one coercion)."""
+    return _as_dataset(dataset, what=f"the dataset of {fn}()")
 
 
 def check_n_splits(n_splits: Any) -> int:

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from .._validation import check_int
 from ..datasets.base import GroundTruth, IFCDataset, resolve_channels
 from ..result import ImportanceResult
 
@@ -146,8 +147,7 @@ def _score_ranking(ranking: Any, ground_truth: Any, k: int | None, channel_names
         score[order] = np.arange(C, 0, -1, dtype=float)  # most important gets the highest score
     if k is None:
         k = int((rel > 0).sum()) or 1
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= C:
-        raise ValueError(f"k must be an int in [1, {C}], got {k!r}")
+    k = check_int(k, "k", low=1, high=C)
     if np.ptp(rel) == 0 or np.ptp(score) == 0:
         rho = float("nan")
     else:

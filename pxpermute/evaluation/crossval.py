@@ -21,6 +21,7 @@ def cv_importance(
     perturbation: str = "pixel",
     random_state: int | None = 42,
     metric: str = "f1",
+    n_jobs: int | None = None,
     progress: bool = False,
     importance_kwargs: Mapping[str, Any] | None = None,
     **train_kwargs: Any,
@@ -45,6 +46,11 @@ def cv_importance(
     random_state : int or None, default 42
         Seed of the folds, the trainings and the permutations.
     metric : str, default "f1"
+    n_jobs : int or None, default None
+        Train the folds in parallel through joblib (``-1``: all cores; a Dask
+        cluster inside ``joblib.parallel_config(backend="dask")``); the results
+        do not depend on it, see :func:`~pxpermute.training.run_trainings`.
+        The importance runs stay in this process.
     progress : bool, default False
     importance_kwargs : mapping, optional
         More options for :func:`~pxpermute.channel_importance` (``batch_size``, ``device`` ...).
@@ -72,7 +78,8 @@ def cv_importance(
     ds = as_dataset(dataset, "cv_importance")
     n_repeats = check_int(n_repeats, "n_repeats", low=1)
     t0 = time.perf_counter()
-    cv = cross_validate(ds, n_splits=n_splits, random_state=random_state, progress=progress, **train_kwargs)
+    cv = cross_validate(ds, n_splits=n_splits, random_state=random_state, n_jobs=n_jobs, progress=progress,
+                        **train_kwargs)
     t_train = time.perf_counter() - t0
     folds = []
     for net, te in zip(cv.models, cv.test_indices):

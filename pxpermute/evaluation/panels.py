@@ -59,7 +59,7 @@ from .._protocol import (
     importance_from_bundle,
     importance_to_bundle,
 )
-from .._validation import check_int
+from .._validation import check_choice, check_float, check_int
 from ..datasets.base import IFCDataset, resolve_channels
 from ..result import ImportanceResult
 from ..stats import t_interval
@@ -374,10 +374,8 @@ def compare_panels(
         check_int(kk, "every k", low=1)
     if max(ks) > len(stains):
         raise ValueError(f"k={max(ks)} exceeds the {len(stains)} stains in the ranking ({names_of(ds, stains)})")
-    if test not in TESTS:
-        raise ValueError(f"test must be one of {TESTS}, got {test!r}")
-    if not 0 < alpha < 1:
-        raise ValueError(f"alpha must lie in (0, 1), got {alpha!r}")
+    check_choice(test, "test", TESTS)
+    alpha = check_float(alpha, "alpha", low=0, high=1, closed="neither")
     n_splits = check_n_splits(n_splits)
     sf = [i for i in range(ds.n_channels) if ds.stain_free[i]]
     panels: list[tuple[str, str, int | None, list[int]]] = []
@@ -624,8 +622,7 @@ def minimal_panel(
     """
     ds = as_dataset(dataset, "minimal_panel")
     stains = ranked_stains(ds, ranking)
-    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float, np.floating)) or not 0 <= tolerance < 1:
-        raise ValueError(f"tolerance must be a number in [0, 1) (F1 units), got {tolerance!r}")
+    tolerance = check_float(tolerance, "tolerance (F1 units)", low=0, high=1, closed="left")
     n_splits = check_n_splits(n_splits)
     all_stains = [i for i in range(ds.n_channels) if not ds.stain_free[i]]
     if max_stains is not None:
