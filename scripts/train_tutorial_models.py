@@ -51,12 +51,12 @@ GROUPS: dict[str, dict] = {
                           train=dict(SMALL, model_kwargs={"width": 8}, max_epochs=4)),
     "cellcycle_stainfree": dict(data="cellcycle", channels=["BF", "DF"], n_splits=5, seed=42,
                                 train=dict(SMALL, model_kwargs={"width": 8}, max_epochs=4)),
-    "apoptotic_synthetic": dict(data="synthetic", preset="apoptotic", n_samples=600, image_size=32, n_splits=5,
-                                seed=42, channels=None, train=dict(SMALL, max_epochs=8)),
-    "wbc_synthetic": dict(data="synthetic", preset="wbc", n_samples=600, image_size=32, n_splits=5,
-                          seed=42, channels=None, train=dict(SMALL, max_epochs=8)),
-    "synapse_synthetic": dict(data="synthetic", preset="synapse", n_samples=600, image_size=32, n_splits=5,
-                              seed=42, channels=None, train=dict(SMALL, max_epochs=8)),
+    "apoptotic_synthetic": dict(data="synthetic", preset="apoptotic", n_samples=500, image_size=32, n_splits=5,
+                                seed=42, channels=None, train=dict(SMALL, max_epochs=6)),
+    "wbc_synthetic": dict(data="synthetic", preset="wbc", n_samples=500, image_size=32, n_splits=5,
+                          seed=42, channels=None, train=dict(SMALL, max_epochs=6)),
+    "synapse_synthetic": dict(data="synthetic", preset="synapse", n_samples=500, image_size=32, n_splits=5,
+                              seed=42, channels=None, train=dict(SMALL, max_epochs=6)),
 }
 
 
