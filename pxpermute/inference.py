@@ -361,7 +361,7 @@ def sequential_ranking(
     importances: Any,
     *,
     alpha: float = 0.05,
-    tol: float = 0.01,
+    tol: float = 0.005,
     method: str = "t",
     min_repeats: int = 3,
     min_scale: float = 0.0,
@@ -394,7 +394,10 @@ def sequential_ranking(
     alpha : float
         Familywise error over all pairs and all looks.
     tol : float
-        Tie tolerance in importance units (e.g. 0.01 = one point of F1).
+        Tie tolerance in importance units (0.005 = half a point of F1).  In the
+        simulation study a tolerance of 0.01 saved more repeats (59 % instead of
+        35 % with a close pair) but declared that pair tied in 17 % of test sets,
+        and a tie's reported order is a coin flip.
     method : {"t", "bernstein"}
         Confidence sequence (``"bernstein"`` with bounds [-2, 2] for differences).
     min_repeats : int
