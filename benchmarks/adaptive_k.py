@@ -92,7 +92,8 @@ def main(argv=None) -> None:
         print(json.dumps(rows[-1]), flush=True)
     fi = sum(r["forward_images_fixed"] for r in rows)
     fa = sum(r["forward_images_adaptive"] for r in rows)
-    out = {"model": args.model, "width": args.width, "image_size": args.image_size, "n_samples": n, "max_epochs": ep, "k": args.k, "presets": rows,
+    out = {"model": args.model, "width": args.width, "image_size": args.image_size, "n_samples": n, "max_epochs": ep,
+           "k": args.k, "presets": rows,
            "total_forward_saved_fraction": round(1 - fa / fi, 3),
            "same_ranking_all": all(r["same_ranking"] for r in rows),
            "same_signal_ranking_all": all(r["same_ranking_signal_channels"] for r in rows),

@@ -25,22 +25,29 @@ from __future__ import annotations
 import copy
 import math
 from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from torch import nn
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler, Subset
-from torch.utils.data import WeightedRandomSampler
-
 from skorch import NeuralNetClassifier
 from skorch.callbacks import EarlyStopping, EpochScoring, LRScheduler
 from skorch.dataset import ValidSplit
 from skorch.helper import predefined_split
 from skorch.utils import to_tensor
+from torch import nn
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    RandomSampler,
+    SequentialSampler,
+    Subset,
+    WeightedRandomSampler,
+)
 
 from ._protocol import SavableResult, ragged_from_bundle, ragged_to_bundle
 from .datasets.base import IFCDataset, resolve_channels
@@ -248,7 +255,7 @@ class IFCClassifier(NeuralNetClassifier):
         finally:
             self.generator_ = None  # a Generator cannot be pickled/cloned
 
-    def fit(self, X: Any, y: Any = None, **fit_params: Any) -> "IFCClassifier":
+    def fit(self, X: Any, y: Any = None, **fit_params: Any) -> IFCClassifier:
         """Fit on ``X`` (IFCDataset, array of raw images) and ``y`` (labels, if ``X`` is an array)."""
         with self._seeded():
             return super().fit(X, y, **fit_params)
@@ -791,7 +798,8 @@ class CVResult(SavableResult):
             rows.append(dict(fold=k, metric="f1_macro", **{"class": None}, value=float(self.f1_macro[k]), n_test=n_test, channels=chans))
             rows.append(dict(fold=k, metric="accuracy", **{"class": None}, value=float(self.accuracy[k]), n_test=n_test, channels=chans))
             for c, name in enumerate(self.class_names):
-                rows.append(dict(fold=k, metric="f1", **{"class": name}, value=float(self.f1_per_class[k, c]), n_test=n_test, channels=chans))
+                rows.append(dict(fold=k, metric="f1", **{"class": name}, value=float(self.f1_per_class[k, c]),
+                                 n_test=n_test, channels=chans))
         return pd.DataFrame(rows, columns=["fold", "metric", "class", "value", "n_test", "channels"])
 
     def summary_frame(self) -> pd.DataFrame:

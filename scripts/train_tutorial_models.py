@@ -36,8 +36,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "pxpermute" / "pretrained"
 TOLERANCE = {"weights": 1e-4, "f1_macro": 0.02}

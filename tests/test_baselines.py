@@ -253,8 +253,8 @@ def test_compare_methods_names_and_skip(data):
 
 
 def test_plot_method_comparison_bars(data):
-    from pxpermute.plotting import plot_method_comparison
     from pxpermute.datasets import GroundTruth
+    from pxpermute.plotting import plot_method_comparison
 
     X, y = data
     model = MaskedNet().eval()

@@ -9,7 +9,6 @@ import re
 
 import pytest
 import yaml
-
 from conftest import REPO
 
 TOC = yaml.safe_load((REPO / "_toc.yml").read_text())

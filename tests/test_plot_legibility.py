@@ -18,8 +18,7 @@ import pytest
 matplotlib = pytest.importorskip("matplotlib")
 matplotlib.use("Agg")
 
-from pxpermute import ImportanceResult  # noqa: E402
-from pxpermute import plotting  # noqa: E402
+from pxpermute import ImportanceResult, plotting  # noqa: E402
 from pxpermute.datasets import IFCDataset  # noqa: E402
 
 C, K = 24, 8

@@ -11,8 +11,8 @@ import shutil
 import numpy as np
 import pytest
 import torch
-
 from conftest import REPO
+
 from pxpermute import models
 from pxpermute.pretrained import cv_or_train, data_fingerprint, load_cv
 

@@ -22,6 +22,7 @@ __all__ += [
     "load_reference_k_ablation",
     "load_reference_run_time",
 ]
+from . import paper_numbers  # noqa: E402
 from .hdf5 import HDF5CellFiles, LazyHDF5Array, load_hdf5_dataset, pad_or_crop, write_hdf5_dataset  # noqa: E402
 from .published import (  # noqa: E402
     DATASET_INFO,
@@ -31,7 +32,6 @@ from .published import (  # noqa: E402
     load_synapse,
     load_wbc,
 )
-from . import paper_numbers  # noqa: E402
 
 __all__ += ["LazyHDF5Array", "HDF5CellFiles", "load_hdf5_dataset", "write_hdf5_dataset", "pad_or_crop"]
 __all__ += ["load_apoptotic", "load_synapse", "load_wbc", "load_scifai_cells", "fetch_sample_cell", "DATASET_INFO"]

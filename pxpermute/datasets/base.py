@@ -13,8 +13,9 @@ array-like with ``shape``, ``dtype`` and numpy-style ``__getitem__`` (an
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -220,7 +221,7 @@ class IFCDataset(Dataset):
         return self.get_batch(np.arange(len(self)))
 
     # -- views ---------------------------------------------------------------
-    def _replace(self, images: Any, labels: np.ndarray, **changes: Any) -> "IFCDataset":
+    def _replace(self, images: Any, labels: np.ndarray, **changes: Any) -> IFCDataset:
         kw = dict(
             channel_names=self.channel_names,
             class_names=self.class_names,
@@ -233,7 +234,7 @@ class IFCDataset(Dataset):
         kw.update(changes)
         return IFCDataset(images, labels, **kw)
 
-    def subset(self, indices: Any) -> "IFCDataset":
+    def subset(self, indices: Any) -> IFCDataset:
         """A dataset restricted to ``indices`` (loaded into memory for lazy back ends)."""
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         if self.is_lazy:
@@ -246,7 +247,7 @@ class IFCDataset(Dataset):
             images = self.images[idx]
         return self._replace(images, self.labels[idx])
 
-    def select_channels(self, channels: Sequence[int | str]) -> "IFCDataset":
+    def select_channels(self, channels: Sequence[int | str]) -> IFCDataset:
         """A dataset with only ``channels`` (names or indices), in the order given."""
         ch = resolve_channels(channels, self.channel_names)
         images = self.images[:, ch] if not self.is_lazy else np.asarray(self.images)[:, ch]
@@ -261,7 +262,7 @@ class IFCDataset(Dataset):
             ground_truth=gt,
         )
 
-    def with_transform(self, transform: Callable[[np.ndarray], np.ndarray] | None) -> "IFCDataset":
+    def with_transform(self, transform: Callable[[np.ndarray], np.ndarray] | None) -> IFCDataset:
         """The same data with another batch transform (e.g. a fitted normalizer)."""
         return self._replace(self.images, self.labels, transform=transform)
 

@@ -43,7 +43,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 __all__ = [
@@ -149,7 +148,7 @@ def build_paper_table(reference_dir: str | os.PathLike) -> pd.DataFrame:
         src = f"{info['folder']}/channel_importance.csv"
         ci = pd.read_csv(root / src)
         ci = ci.drop_duplicates(subset=["fold", "channel"], keep="last")
-        ci["channel"] = ci["channel"].map(lambda c: info["rename"].get(c, c))
+        ci["channel"] = ci["channel"].map(lambda c, rename=info["rename"]: rename.get(c, c))
         unknown = set(ci["channel"]) - set(names)
         if unknown:
             raise ValueError(f"{src}: unexpected channel names {sorted(unknown)}")

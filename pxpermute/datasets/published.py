@@ -38,8 +38,9 @@ from __future__ import annotations
 import logging
 import os
 import zipfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -740,7 +741,8 @@ def load_wbc(
         why = "download=True was requested but " if download else ""
         raise DataUnavailableError(
             f"{why}no white-blood-cell data at {src}: this data set has no pinned public download. "
-            f"Obtain it via Lippeveld et al. 2020 (doi:{DATASET_INFO['wbc']['doi']}) and save it as {src if src.suffix else src / WBC_FILENAME} "
+            f"Obtain it via Lippeveld et al. 2020 (doi:{DATASET_INFO['wbc']['doi']}) "
+            f"and save it as {src if src.suffix else src / WBC_FILENAME} "
             "(HDF5 with 'images' N x 12 x H x W and 'labels'; see pxpermute.datasets.write_hdf5_dataset) "
             f"or as scifAI per-cell files with a metadata CSV in that folder; or pass path=... / set {ENV_VAR}."
         )

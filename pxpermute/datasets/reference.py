@@ -34,8 +34,8 @@ Notes on the published files (kept as published, never altered silently):
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
