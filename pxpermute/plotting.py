@@ -43,11 +43,24 @@ MIN_AXES_INCHES = (1.6, 1.1)
 
 
 def _wrap(text: str, width: int = WRAP_CHARS) -> str:
+    """Wrap at spaces and after ``+ - _ /`` (so "elongated+fragmented" breaks at the "+"), words
+    longer than ``width`` are cut."""
+    import re
     import textwrap
 
     if len(text) <= width or "\n" in text:
         return text
-    return "\n".join(textwrap.wrap(text, width, break_long_words=True, break_on_hyphens=False)) or text
+    lines, line = [], ""
+    for piece in re.split(r"(?<=[ +_/-])", text):
+        if line and len(line) + len(piece.rstrip()) > width:
+            lines.append(line.rstrip())
+            line = ""
+        line += piece
+    lines.append(line.rstrip())
+    out = []
+    for ln in lines:
+        out += textwrap.wrap(ln, width, break_long_words=True) if len(ln) > width else [ln]
+    return "\n".join(x for x in out if x) or text
 
 
 def _is_colorbar(ax) -> bool:
@@ -226,6 +239,7 @@ def plot_per_class(result, ax=None, *, title: str | None = None, cmap: str = "ro
         annot, fmt = np.char.add(np.char.mod("%.2f", table.to_numpy(dtype=float)), stars), ""
     sns.heatmap(table, annot=annot, fmt=fmt, cmap=cmap, ax=ax,
                 cbar_kws={"label": f"drop in {result.info.get('metric', 'metric')}"})
+    ax.tick_params(axis="y", labelrotation=0)  # seaborn turns crowded y labels vertical; _legible makes room instead
     ax.set_xlabel("class")
     ax.set_ylabel("channel")
     ax.set_title(title or result.title(), fontsize="small", wrap=True)
@@ -562,6 +576,7 @@ def plot_method_heatmap(table, ax=None, *, value: str | None = None, title: str 
     else:
         fig = ax.figure
     sns.heatmap(wide, annot=True, fmt=fmt, cmap=cmap, center=center, ax=ax, cbar_kws={"label": label})
+    ax.tick_params(axis="y", labelrotation=0)
     ax.set_xticklabels(ax.get_xticklabels(), rotation=30, ha="right")
     ax.set_xlabel("data set")
     ax.set_ylabel("method")
@@ -960,8 +975,10 @@ def plot_method_schematic(dataset, *, model=None, channel: int | str | None = No
                 text = label
                 res = results.get(pert) if pert else None
                 if res is not None:
-                    text += (f"\nF1 drop {res.importance[c]:.2f} [{res.ci_low[c]:.2f}, {res.ci_high[c]:.2f}]"
-                             f"\n(k={res.n_repeats})")
+                    lo, hi = float(res.ci_low[c]), float(res.ci_high[c])
+                    ci = f" [{lo:.2f}, {hi:.2f}]" if np.isfinite(lo) and np.isfinite(hi) else ""
+                    text += (f"\nF1 drop {res.importance[c]:.2f}{ci}"
+                             + (f"\n(k={res.n_repeats})" if res.n_repeats > 1 else "\n(deterministic)"))
                 ax.set_ylabel("\n".join(textwrap.fill(line, 26) for line in text.split("\n")), rotation=0,
                               ha="right", va="center", fontsize=8)
     cls = dataset.class_names[labels[index]] if getattr(dataset, "class_names", None) else labels[index]
