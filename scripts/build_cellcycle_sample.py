@@ -61,7 +61,7 @@ def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 
 def build(data_dir: str | None, per_class: int = DEFAULT_PER_CLASS, out_dir: Path = OUT_DIR) -> Path:
-    ds = load_cellcycle(data_dir=data_dir, download=True)
+    ds = load_cellcycle(data_dir=data_dir, download=True, drop_duplicates=False)  # the file keeps both copies
     rows, tiles = select(ds.labels, per_class)
     images = ds.images[rows]
     if not np.array_equal(images, np.round(images)) or images.min() < 0 or images.max() > 65535:

@@ -36,6 +36,19 @@ cells     900    900    900      606       69         16        28
 (3,419 cells), which matches the grid by eye (see the test-suite and the
 tutorial's montage figure).
 
+Duplicates
+----------
+Two Anaphase tiles (tiles 12 and 15 of the Anaphase montage, counting from 0;
+cells 3387 and 3390 with ``drop_duplicates=False``) are byte-identical in all three
+channels: the same cell stored twice.  A copy in a training fold and one in a
+test fold would inflate that fold's score, so the loaders drop exact duplicates
+by default (``drop_duplicates=True``, 3,418 cells, Anaphase 15; the number
+dropped is recorded in ``provenance["duplicates_dropped"]``).  Two more pairs
+(one Metaphase, one Telophase) differ only in their first pixel column -- near
+duplicates, reported by :func:`pxpermute.diagnostics.check_dataset` and left in
+place.  No two different cells are identical in any single channel, so the
+same cell is dropped whichever channels are loaded.
+
 References
 ----------
 Blasi T. et al. (2016) Label-free cell cycle analysis for high-throughput
@@ -53,6 +66,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ._dedup import duplicate_mask
 from ._download import RemoteFile, fetch_file
 from .base import IFCDataset, resolve_channels
 
@@ -190,6 +204,7 @@ def load_cellcycle(
     download: bool = True,
     channels: Sequence[str | int] | None = None,
     drop_empty: bool = True,
+    drop_duplicates: bool = True,
 ) -> IFCDataset:
     """Load the Jurkat cell-cycle data of Blasi et al. (2016): 7 phases, BF/DNA/DF, 40x40.
 
@@ -212,6 +227,11 @@ def load_cellcycle(
     drop_empty : bool, default True
         Drop the background padding tiles (see the module's padding rule).
         With ``False`` all 900 grid places of every phase are returned.
+    drop_duplicates : bool, default True
+        Drop cells that are byte-identical to an earlier cell in every loaded
+        channel (one Anaphase cell in the published files; see the module's
+        Duplicates section).  The count goes to ``provenance["duplicates_dropped"]``.
+        ``False`` keeps them (e.g. to show them in a diagnostics lesson).
 
     Returns
     -------
@@ -238,6 +258,8 @@ def load_cellcycle(
         raise TypeError(f"download must be True or False, got {download!r}")
     if not isinstance(drop_empty, bool):
         raise TypeError(f"drop_empty must be True or False, got {drop_empty!r}")
+    if not isinstance(drop_duplicates, bool):
+        raise TypeError(f"drop_duplicates must be True or False, got {drop_duplicates!r}")
     all_names = [c[0] for c in CELLCYCLE_CHANNELS]
     ch_idx = list(range(len(all_names))) if channels is None else resolve_channels(channels, all_names)
     if not ch_idx:
@@ -265,13 +287,23 @@ def load_cellcycle(
         images.append(stack)
         labels.append(np.full(len(stack), label, np.int64))
 
+    all_images = np.concatenate(images)
+    all_labels = np.concatenate(labels)
+    provenance = dict(CELLCYCLE_PROVENANCE)
+    if drop_duplicates:
+        dup = duplicate_mask(all_images)
+        all_images, all_labels = all_images[~dup], all_labels[~dup]
+        provenance["duplicates_dropped"] = int(dup.sum())
+        provenance["duplicate_rule"] = "cells byte-identical to an earlier cell in every loaded channel are dropped"
+    else:
+        provenance["duplicates_dropped"] = 0
     return IFCDataset(
-        np.concatenate(images).astype(np.float32),
-        np.concatenate(labels),
+        all_images.astype(np.float32),
+        all_labels,
         channel_names=names,
         class_names=list(CELLCYCLE_PHASES),
         stain_free=[CELLCYCLE_CHANNELS[i][2] for i in ch_idx],
-        provenance=dict(CELLCYCLE_PROVENANCE),
+        provenance=provenance,
         name="cellcycle",
     )
 
@@ -287,7 +319,9 @@ def _decode_sample(npz: "np.lib.npyio.NpzFile") -> tuple[np.ndarray, np.ndarray]
     return images, npz["labels"].astype(np.int64)
 
 
-def load_cellcycle_sample(*, channels: Sequence[str | int] | None = None) -> IFCDataset:
+def load_cellcycle_sample(
+    *, channels: Sequence[str | int] | None = None, drop_duplicates: bool = True
+) -> IFCDataset:
     """A balanced real subset of the Jurkat cell-cycle data, shipped inside the package.
 
     Up to 140 evenly spaced cells per phase (all cells of the rare mitotic
@@ -300,6 +334,10 @@ def load_cellcycle_sample(*, channels: Sequence[str | int] | None = None) -> IFC
     ----------
     channels : sequence of str or int, optional
         Subset/order of ``["BF", "DNA", "DF"]``; default all three.
+    drop_duplicates : bool, default True
+        Drop exact duplicate cells, as :func:`load_cellcycle` does (the sample
+        holds both copies of the duplicated Anaphase cell); the count goes to
+        ``provenance["duplicates_dropped"]``.
 
     Returns
     -------
@@ -328,13 +366,19 @@ def load_cellcycle_sample(*, channels: Sequence[str | int] | None = None) -> IFC
             stored = (list(npz["class_names"]), list(npz["channel_names"]))
     if stored != (list(CELLCYCLE_PHASES), all_names):
         raise ValueError(f"embedded sample has classes/channels {stored}, expected {(list(CELLCYCLE_PHASES), all_names)}")
+    if not isinstance(drop_duplicates, bool):
+        raise TypeError(f"drop_duplicates must be True or False, got {drop_duplicates!r}")
     provenance = dict(CELLCYCLE_PROVENANCE)
     provenance.update(
         name="cellcycle_sample",
         subset=f"up to {per_class} evenly spaced cells per phase (scripts/build_cellcycle_sample.py)",
     )
+    images = images[:, ch_idx]
+    dup = duplicate_mask(images) if drop_duplicates else np.zeros(len(images), bool)
+    provenance["duplicates_dropped"] = int(dup.sum())
+    images, labels = images[~dup], labels[~dup]
     return IFCDataset(
-        images[:, ch_idx].astype(np.float32),
+        images.astype(np.float32),
         labels,
         channel_names=[all_names[i] for i in ch_idx],
         class_names=list(CELLCYCLE_PHASES),

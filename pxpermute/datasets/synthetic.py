@@ -342,6 +342,23 @@ SYNTHETIC_PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 
+# "artefact": the default preset plus an acquisition artefact in one class -- the border of the
+# brightfield image is 0.06 brighter in every "elongated" cell (as if that class had been recorded in
+# another session with other illumination).  0.06 is about two standard deviations of a background
+# pixel (BF background 0.9, read noise 0.02, gain jitter 3 %), invisible by eye, but a classifier
+# (and :func:`pxpermute.diagnostics.check_dataset`) picks it up.  The planted relevance stays that
+# of the default preset: the artefact carries class information that is *not* biology.
+SYNTHETIC_PRESETS["artefact"] = copy.deepcopy(SYNTHETIC_PRESETS["default"])
+SYNTHETIC_PRESETS["artefact"].update(
+    description=(
+        "The default preset with a planted acquisition artefact: in class 'elongated' the outer 3 pixels "
+        "of every BF image are 0.06 brighter (about 2 background-noise standard deviations). The "
+        "diagnostics must flag it as a shortcut; the clean presets must not be flagged."
+    ),
+    artefacts=[{"kind": "border", "channel": "BF", "classes": ["elongated"], "amount": 0.06, "width": 3}],
+)
+
+
 # ----------------------------------------------------------------------------- spec handling
 
 _CHANNEL_KEYS = {
@@ -350,8 +367,10 @@ _CHANNEL_KEYS = {
 }
 _PRESET_KEYS = {
     "description", "mirrors", "image_size", "n_samples", "cell_radius", "classes", "class_weights",
-    "factors", "geometry", "channels",
+    "factors", "geometry", "channels", "artefacts",
 }
+_ARTEFACT_KEYS = {"kind", "channel", "classes", "amount", "width"}
+ARTEFACT_KINDS = ("border", "offset")
 
 
 def _is_bound(value: Any) -> bool:
@@ -496,6 +515,35 @@ def _normalize_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
         if role in INFORMATIVE_SPATIAL_ROLES and _is_bound(ch["gain"]):
             raise ValueError(f"{where}: a {role} channel keeps its class information in the pattern; its gain must not be bound")
     spec["channels"] = channels
+
+    artefacts = []
+    for i, art in enumerate(spec.get("artefacts", []) or []):
+        where = f"artefacts[{i}]"
+        if not isinstance(art, Mapping):
+            raise TypeError(f"{where} must be a mapping, got {type(art).__name__}")
+        art = dict(art)
+        unknown = set(art) - _ARTEFACT_KEYS
+        if unknown:
+            raise ValueError(f"{where}: unknown keys {sorted(unknown)}; allowed: {sorted(_ARTEFACT_KEYS)}")
+        kind = art.setdefault("kind", "border")
+        if kind not in ARTEFACT_KINDS:
+            raise ValueError(f"{where}: kind must be one of {ARTEFACT_KINDS}, got {kind!r}")
+        if art.get("channel") not in names:
+            raise ValueError(f"{where}: channel must name one of {names}, got {art.get('channel')!r}")
+        cls = art.get("classes")
+        cls = [cls] if isinstance(cls, str) else list(cls or [])
+        bad = [c for c in cls if c not in classes]
+        if not cls or bad:
+            raise ValueError(f"{where}: classes must name one or more of {classes}; got {art.get('classes')!r}")
+        art["classes"] = cls
+        amount = art.get("amount")
+        if not isinstance(amount, (int, float)) or isinstance(amount, bool) or not np.isfinite(amount):
+            raise ValueError(f"{where}: amount must be a finite number (added to the pixel values), got {amount!r}")
+        width = art.setdefault("width", 3)
+        if kind == "border" and (isinstance(width, bool) or not isinstance(width, (int, np.integer)) or width < 1):
+            raise ValueError(f"{where}: width must be a positive int (pixels), got {width!r}")
+        artefacts.append(art)
+    spec["artefacts"] = artefacts
     return spec
 
 
@@ -904,8 +952,14 @@ def make_synthetic(
     ----------
     preset : str or mapping
         Name of a preset in :data:`SYNTHETIC_PRESETS` (``"default"``,
-        ``"apoptotic"``, ``"synapse"``, ``"wbc"``, ``"panel20"``) or a spec of
-        the same form (copy one with ``copy.deepcopy`` and edit it).
+        ``"apoptotic"``, ``"synapse"``, ``"wbc"``, ``"panel20"``, and
+        ``"artefact"``: the default preset with a planted acquisition artefact,
+        a brighter BF border in one class) or a spec of the same form (copy one
+        with ``copy.deepcopy`` and edit it).  A spec may list ``artefacts``:
+        ``{"kind": "border" | "offset", "channel": name, "classes": [names],
+        "amount": value added, "width": border pixels}``, applied to the
+        recorded images of those classes after the noise (not biology: the
+        planted relevance ignores them; they are recorded in the provenance).
     n_samples : int, optional
         Number of cells; default from the preset.  Classes are allocated
         exactly in proportion to the preset's ``class_weights`` (largest
@@ -1027,6 +1081,23 @@ def make_synthetic(
                 img = clean[ch["source"]] * ch["copy_gain"]
                 images[idx, ci] = _add_noise(img, ch, crng)
 
+    # acquisition artefacts (added to the recorded image, after the noise)
+    for art in spec["artefacts"]:
+        ci = names.index(art["channel"])
+        sel = np.flatnonzero(np.isin(labels, [list(spec["classes"]).index(c) for c in art["classes"]]))
+        if art["kind"] == "offset":
+            region = np.ones((size, size), bool)
+        else:
+            wd = min(int(art["width"]), size // 2)
+            region = np.zeros((size, size), bool)
+            region[:wd] = region[-wd:] = True
+            region[:, :wd] = region[:, -wd:] = True
+        for start in range(0, sel.size, _CHUNK):
+            rows = sel[start : start + _CHUNK]
+            block = images[rows, ci]
+            block[:, region] += np.float32(art["amount"])
+            images[rows, ci] = np.maximum(block, 0.0)
+
     gt = GroundTruth(rel, _roles(spec), _notes(spec, rel, name))
     provenance = {
         "source": "synthetic",
@@ -1041,6 +1112,8 @@ def make_synthetic(
     }
     if "mirrors" in spec:
         provenance["mirrors"] = spec["mirrors"]
+    if spec["artefacts"]:
+        provenance["artefacts"] = copy.deepcopy(spec["artefacts"])
     return IFCDataset(
         images,
         labels,
