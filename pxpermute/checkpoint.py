@@ -50,6 +50,8 @@ def save_checkpoint(path: str | os.PathLike, fp: Mapping[str, Any], baseline: np
     path = Path(path)
     buf = io.BytesIO()
     arrays = {f"extra_{k}": np.asarray(v) for k, v in (extras or {}).items() if v is not None}
+    if data_stream_digest is not None:  # in the payload, so its checksum covers it
+        arrays["data_stream_digest"] = np.frombuffer(str(data_stream_digest).encode(), np.uint8)
     np.savez(buf, baseline=np.asarray(baseline), confusion=np.asarray(confusion), **arrays)
     payload = buf.getvalue()
     header = {
@@ -62,14 +64,15 @@ def save_checkpoint(path: str | os.PathLike, fp: Mapping[str, Any], baseline: np
         "payload_sha256": hashlib.sha256(payload).hexdigest(),
         "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    if data_stream_digest is not None:
-        header["data_stream_digest"] = str(data_stream_digest)
     blob = CHECKPOINT_MAGIC + json.dumps(header, sort_keys=True, default=str).encode() + b"\n" + payload
     return atomic_write(path, blob)
 
 
 def load_checkpoint(path: str | os.PathLike, fp: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Read and verify a checkpoint; returns ``{"baseline", "confusion", "extras", "n_forward_images", "header"}``.
+    """Read and verify a checkpoint.
+
+    Returns ``{"baseline", "confusion", "extras", "n_forward_images", "header", "data_stream_digest"}``
+    (the digest of every evaluated image, None in files written before it existed).
 
     Raises :class:`CheckpointError` if the file is corrupted or truncated (bad
     header, size or checksum) or, when ``fp`` is given, if it was written for a
@@ -103,7 +106,8 @@ def load_checkpoint(path: str | os.PathLike, fp: Mapping[str, Any] | None = None
     with np.load(io.BytesIO(payload)) as z:
         baseline, confusion = z["baseline"], z["confusion"]
         extras = {k[len("extra_"):]: z[k] for k in z.files if k.startswith("extra_")}
+        stream = bytes(z["data_stream_digest"]).decode() if "data_stream_digest" in z.files else None
     if confusion.shape[0] != header["repeats_done"]:
         raise CheckpointError(f"checkpoint {path} is inconsistent (repeat count); {hint}")
     return {"baseline": baseline, "confusion": confusion, "extras": extras,
-            "n_forward_images": int(header["n_forward_images"]), "header": header}
+            "n_forward_images": int(header["n_forward_images"]), "header": header, "data_stream_digest": stream}

@@ -166,7 +166,7 @@ def run_repeats(
             done = conf_parts[0].shape[0]
             loaded = state["confusion"].shape[0]
             _collector_load(collector, state.get("extras", {}))
-            stored_stream = state.get("header", {}).get("data_stream_digest")
+            stored_stream = state.get("data_stream_digest")
     # with a checkpoint, every evaluated image is hashed while the first chunk of this run streams the data
     digest = StreamDigest() if checkpoint is not None else None
     stream: str | None = None
