@@ -115,7 +115,8 @@ import math
 import os
 import warnings
 from collections import defaultdict
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -267,7 +268,7 @@ class DiagnosticsReport:
         counts = df["severity"].value_counts()
         lines.append(", ".join(f"{counts.get(s, 0)} {s}" for s in ("error", "warning", "info")))
         for _, r in df.iterrows():
-            where = "/".join(str(v) for v in (r["class"], r["channel"]) if v is not None)
+            where = "/".join(str(v) for v in (r["class"], r["channel"]) if isinstance(v, str))
             where = f" [{where}]" if where else ""
             lines.append(f"- {r['severity'].upper():7s} {r['check']}{where}: {r['detail']}")
         return "\n".join(lines)
@@ -353,7 +354,7 @@ class DiagnosticsReport:
         return save_bundle(path, meta, arrays, kind=self.kind)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "DiagnosticsReport":
+    def load(cls, path: str | os.PathLike) -> DiagnosticsReport:
         """Read a report written by :meth:`save`; a damaged file raises :class:`ResultFileError`."""
         meta, arrays = load_bundle(path, kind=cls.kind)
         try:
@@ -742,7 +743,7 @@ def check_dataset(
         for a, b, _ in near_pairs:
             comp[find(a)].extend([a, b])
         best = defaultdict(float)
-        for a, b, s in near_pairs:
+        for a, _b, s in near_pairs:
             best[find(a)] = max(best[find(a)], s)
         for root, members in comp.items():
             g = np.array(sorted(set(members)))
