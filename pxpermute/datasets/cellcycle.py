@@ -61,8 +61,8 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Sequence
 from importlib import resources
-from typing import Sequence
 
 import numpy as np
 
@@ -312,7 +312,7 @@ def load_cellcycle(
 SAMPLE_FILE = "cellcycle_sample.npz"
 
 
-def _decode_sample(npz: "np.lib.npyio.NpzFile") -> tuple[np.ndarray, np.ndarray]:
+def _decode_sample(npz: np.lib.npyio.NpzFile) -> tuple[np.ndarray, np.ndarray]:
     """Undo the byte-plane split used to store the sample (lossless uint16)."""
     planes = npz["images_bytes"]  # (2, N, C, H, W) uint8: low bytes, high bytes
     images = planes[0].astype(np.uint16) | (planes[1].astype(np.uint16) << 8)

@@ -69,7 +69,8 @@ from __future__ import annotations
 
 import copy
 import itertools
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import scipy.fft as _fft
