@@ -18,8 +18,41 @@ Usage::
     PXPERMUTE_DATA_DIR=/path/to/data nice -n 19 python benchmarks/realdata_cellcycle.py \
         --epochs-small 15 --epochs-resnet 15 --deadline 17:35
 
-``--deadline HH:MM`` (UTC) skips a stage whose estimated duration no longer fits; the JSON
-records what ran, at what scale, on which hardware, and how long it took.
+``--deadline HH:MM`` (UTC) skips a stage that would start after it; the JSON records what ran,
+at what scale, on which hardware, and how long it took.
+
+JSON schema (``schema: "pxpermute-cellcycle-reference/1"``; every key below is present only once
+its stage has run -- look at ``stages`` first)::
+
+    schema, started, updated                  str (UTC times)
+    dataset      {name, title, doi, n_cells, class_counts{phase: n}, channels, stain_free,
+                  duplicates_dropped, subset}
+    hardware     {machine, device, torch_threads, note}
+    cv           {n_splits, random_state, valid_fraction, stratified}
+    recipe       {small_cnn{model, model_kwargs, max_epochs}, resnet18{...}, common}
+    stages       {<stage>: {status: done|failed|skipped, seconds, finished, note}}
+    performance  {"small_cnn/all" | "small_cnn/stain_free" | "resnet18/all":
+                  {model, model_kwargs, max_epochs, channels, f1_macro[fold], f1_macro_mean,
+                   f1_macro_std, accuracy[fold], accuracy_mean, accuracy_std,
+                   f1_per_class{phase: [fold]}, epochs_trained[fold], seconds}}
+    stain_free_test  {reference, other, metric, alternative, mean_diff, t, p_ttest, t_corrected,
+                      p_corrected_ttest, p_wilcoxon, note}
+    importance   {"pxpermute" | "cross_sample":
+                    {per_fold: [IMP], pooled: IMP + {fold_importances[fold][ch], fold_ci_low[ch],
+                     fold_ci_high[ch], fold_ci_covers, ci_covers, method}},
+                  "occlusion" | "integrated_gradients" | "deeplift":
+                    {per_fold: [IMP], ranking_per_fold, mean_over_folds[ch], ranking, cells_per_fold}}
+                 IMP = {channels, importance[ch], normalized[ch], ci_low[ch], ci_high[ch], ranking
+                        (most important first), n_repeats, baseline_score, per_class_drop{ch: [phase]},
+                        per_class_index[phase]}
+    k_ablation   {fold, perturbation, channels, rows: [{k, importance[ch], ci_low, ci_high, ranking}],
+                  first_stable_k}
+    adaptive_k   {fold, max_k, k_used, rule, ranking, importance[ch], seconds}
+    remove_and_retrain  {model, model_kwargs, max_epochs, seeds, rankings{method: [ch]},
+                         rows: [{seed, method, n_removed, channels, fold, f1_macro}],
+                         summary: [{method, n_removed, mean, std, count}], interval_covers}
+    normalization_check {features, classifier, variants{name: {high[ch], low[ch], f1_macro,
+                         f1_per_class{phase}, clipped_pixels_per_cell{ch: {phase}}}}}
 """
 from __future__ import annotations
 
