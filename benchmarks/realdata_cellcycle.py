@@ -190,6 +190,8 @@ def main(argv=None) -> int:
     p.add_argument("--width", type=int, default=32, help="SmallCNN width")
     p.add_argument("--k", type=int, default=100)
     p.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
+    p.add_argument("--roar-epochs", type=int, default=None, help="epochs of the remove-and-retrain models "
+                   "(default --epochs-small)")
     p.add_argument("--ig-cells", type=int, default=300, help="held-out cells per fold for IG/DeepLift")
     p.add_argument("--stages",
                    default="cv_small,stain_free,pxpermute,baselines,k_ablation,roar,normalization,cv_resnet")
@@ -274,6 +276,7 @@ def main(argv=None) -> int:
     def cv(channels, model="small_cnn", epochs=None, seed=42, kwargs=None):
         import pickle
 
+        epochs = epochs or args.epochs_small
         key = (model, tuple(channels) if channels else None, seed, epochs)
         if key in cache:
             return cache[key]
@@ -281,14 +284,14 @@ def main(argv=None) -> int:
         if args.cache:
             Path(args.cache).mkdir(parents=True, exist_ok=True)
             tag = "-".join(channels) if channels else "all"
-            fname = Path(args.cache) / f"{model}_{tag}_seed{seed}_ep{epochs or args.epochs_small}_n{len(ds)}.pkl"
+            fname = Path(args.cache) / f"{model}_{tag}_w{(kwargs or small_kw).get('width', 0)}_seed{seed}_ep{epochs}_n{len(ds)}.pkl"
             if fname.exists():
                 cache[key] = pickle.loads(fname.read_bytes())
                 return cache[key]
         t = time.time()
         res = cross_validate(ds, n_splits=args.n_splits, channels=channels, model=model,
                              model_kwargs=kwargs if kwargs is not None else small_kw,
-                             max_epochs=epochs or args.epochs_small, random_state=seed, progress=False)
+                             max_epochs=epochs, random_state=seed, progress=False)
         cache[key] = (res, time.time() - t)
         if fname is not None:
             fname.write_bytes(pickle.dumps(cache[key]))
@@ -392,6 +395,7 @@ def main(argv=None) -> int:
                     if entry:
                         rankings[name] = entry.get("ranking") or entry["pooled"]["ranking"]
                 rows = []
+                roar_epochs = args.roar_epochs or args.epochs_small
                 for seed in args.seeds:
                     rng = np.random.default_rng(seed)
                     ranks = dict(rankings)
@@ -400,7 +404,7 @@ def main(argv=None) -> int:
                         for method, ranking in ranks.items():
                             keep = ranking[: ds.n_channels - n_removed]
                             chans = [c for c in ds.channel_names if c in keep]
-                            res, _ = cv(chans if n_removed else None, seed=seed)
+                            res, _ = cv(chans if n_removed else None, seed=seed, epochs=roar_epochs)
                             for fold, f1 in enumerate(res.f1_macro):
                                 rows.append({"seed": seed, "method": method, "n_removed": n_removed,
                                              "channels": ",".join(chans), "fold": fold, "f1_macro": float(f1)})
@@ -409,7 +413,7 @@ def main(argv=None) -> int:
                     summ = (df.groupby(["method", "n_removed"])["f1_macro"]
                             .agg(["mean", "std", "count"]).reset_index())
                     doc["remove_and_retrain"] = {
-                        "model": "small_cnn", "model_kwargs": small_kw, "max_epochs": args.epochs_small,
+                        "model": "small_cnn", "model_kwargs": small_kw, "max_epochs": roar_epochs,
                         "seeds": sorted(set(df["seed"])), "rankings": rankings, "rows": rows,
                         "summary": summ.to_dict(orient="records"),
                         "interval_covers": "std over seeds x folds (training randomness and the CV split)",
