@@ -88,6 +88,7 @@ def test_clean_presets_raise_no_shortcut(preset):
     assert (strong["gain"] < 0.03).all(), strong
 
 
+@pytest.mark.slow
 def test_shortcut_rule_holds_over_seeds():
     """The planted artefact is flagged and the clean data are not, for other seeds too."""
     for seed in (1, 2):
@@ -270,6 +271,7 @@ def test_embedded_sample_drops_the_duplicate_too():
     assert not duplicate_mask(dedup.images).any()
 
 
+@pytest.mark.slow
 def test_real_cellcycle_findings(cc_root):
     """What the diagnostics report on the real Jurkat data (kept duplicates)."""
     from pxpermute.datasets import load_cellcycle
