@@ -5,7 +5,7 @@ k and seed that made it into the title (from the result's ``info``).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import matplotlib
 
@@ -673,7 +673,8 @@ def plot_panel_search(minimal, ax=None, *, title: str | None = None):
                     capsize=3, label=f"{name} ({search.n_trainings} trainings)")
         for r in kept.itertuples():
             if isinstance(r.added, str) or (r.n_stains == 0 and name == "ranking"):
-                ax.annotate(r.added if isinstance(r.added, str) else "stain-free", (r.n_stains, r.f1_mean), textcoords="offset points", xytext=(4, -11 if name == "greedy" else 5),
+                ax.annotate(r.added if isinstance(r.added, str) else "stain-free", (r.n_stains, r.f1_mean),
+                            textcoords="offset points", xytext=(4, -11 if name == "greedy" else 5),
                             fontsize="x-small", color=color)
         if name == "greedy":
             others = path[~path["chosen"]]
