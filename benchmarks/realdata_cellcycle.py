@@ -314,10 +314,10 @@ def main(argv=None) -> int:
                 allc, _ = cv(None)
                 sf, sec = cv(["BF", "DF"])
                 doc["performance"]["small_cnn/stain_free"] = _cv_entry(sf, sec, "small_cnn", args.epochs_small, small_kw)
-                tests = paired_tests(allc.f1_macro, sf.f1_macro, test_fraction=0.2)
+                tests = paired_tests(allc.f1_macro, sf.f1_macro, test_fraction=1.0 / args.n_splits)
                 doc["stain_free_test"] = {"reference": "small_cnn/all", "other": "small_cnn/stain_free",
                                           "metric": "f1_macro", "alternative": "greater", **tests,
-                                          "note": "paired over the 5 CV folds; corrected = Nadeau & Bengio"}
+                                          "note": f"paired over the {args.n_splits} CV folds; corrected = Nadeau & Bengio"}
             elif stage in ("pxpermute", "baselines", "k_ablation"):
                 allc, _ = cv(None)
                 results: dict[str, list] = {}
