@@ -366,6 +366,7 @@ def main(argv=None) -> int:
                     base = pix[0] if pix else channel_importance(net.module_, sub, n_repeats=args.k, random_state=0,
                                                                  progress=False)
                     ks = [k for k in (5, 10, 20, 30, 40, 50, 100, 200, 500, 1000) if k <= base.importances.shape[0]]
+                    ks = ks or [int(base.importances.shape[0])]
                     abl = k_ablation(None, result=base, ks=ks)
                     rows = []
                     for k in ks:
