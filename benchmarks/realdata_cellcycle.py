@@ -43,8 +43,8 @@ its stage has run -- look at ``stages`` first)::
                   "occlusion" | "integrated_gradients" | "deeplift":
                     {per_fold: [IMP], ranking_per_fold, mean_over_folds[ch], ranking, cells_per_fold}}
                  IMP = {channels, importance[ch], normalized[ch], ci_low[ch], ci_high[ch], ranking
-                        (most important first), n_repeats, baseline_score, per_class_drop{ch: [phase]},
-                        per_class_index[phase]}
+                        (most important first), n_repeats, baseline_score, per_class_drop{phase: [ch]},
+                        per_class_index[ch] (the channel order of per_class_drop)}
     k_ablation   {fold, perturbation, channels, rows: [{k, importance[ch], ci_low, ci_high, ranking}],
                   first_stable_k}
     adaptive_k   {fold, max_k, k_used, rule, ranking, importance[ch], seconds}
