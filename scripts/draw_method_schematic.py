@@ -17,7 +17,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def draw(out: Path, repeats: int = 20) -> Path:
+def draw(out: Path, repeats: int = 5) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -47,7 +47,7 @@ def draw(out: Path, repeats: int = 20) -> Path:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=REPO / "book" / "figures" / "method_schematic.png")
-    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args(argv)
     print("wrote", draw(args.out, args.repeats))
     return 0
