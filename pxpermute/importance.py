@@ -39,6 +39,7 @@ from .keys import seed_words
 from .metrics import METRICS
 from .perturb import DETERMINISTIC, PERTURBATIONS, PerturbContext
 from .predictor import (  # noqa: F401  (old import paths)
+    DeferredChecks,
     _first_conv_channels,
     _Predictor,
     as_output_tensor,
@@ -97,6 +98,61 @@ def _check_finite(x: torch.Tensor, idx: np.ndarray) -> None:
             f"images contain NaN or inf values (samples {idx[bad][:10].tolist()}{' ...' if len(bad) > 10 else ''}); "
             "clean or impute them before computing importances"
         )
+
+
+def _count(dst: torch.Tensor, flat: torch.Tensor, *, index_add: bool | None = None) -> None:
+    """``dst`` (flat int64 counts) += the counts of the indices in ``flat`` (all in ``[0, len(dst))``).
+
+    CPU: ``bincount``.  CUDA: ``index_add_`` -- torch's CUDA ``bincount`` reads
+    the input's min and max back to the host (two syncs per call); integer
+    atomic adds are exact, so the counts are identical either way (``index_add``
+    forces one path; tests run the CUDA one on CPU).
+    """
+    if dst.is_cuda if index_add is None else index_add:
+        dst.index_add_(0, flat, torch.ones_like(flat))
+    else:
+        dst += torch.bincount(flat, minlength=dst.numel())
+
+
+def _device_blocks(blocks: Any, dev: torch.device) -> Any:
+    """``(idx, x_np, y_np, x, y, idx_t)`` per block, the tensors on ``dev``.
+
+    CPU: plain conversions, one block at a time.  CUDA: each block is copied
+    from pinned host memory with ``non_blocking=True`` on a side stream, and the
+    *next* block's copy is issued before the current block is handed over, so
+    it overlaps the current block's perturbations and forward passes; the
+    compute stream waits for a block's copy before using it.
+    """
+    def host(item: Any) -> tuple[Any, ...]:
+        idx, x_np, y_np = item
+        return (idx, x_np, y_np, torch.from_numpy(np.ascontiguousarray(x_np)),
+                torch.as_tensor(np.asarray(y_np, dtype=np.int64)), torch.from_numpy(np.asarray(idx, dtype=np.int64)))
+
+    if dev.type != "cuda":
+        for item in blocks:
+            idx, x_np, y_np, x, y, i = host(item)
+            yield idx, x_np, y_np, x.to(dev), y.to(dev), i.to(dev)
+        return
+    stream = torch.cuda.Stream(dev)
+
+    def upload(item: Any) -> tuple[Any, ...]:
+        idx, x_np, y_np, *ts = host(item)
+        ts = [t.pin_memory() for t in ts]
+        with torch.cuda.stream(stream):
+            return (idx, x_np, y_np, *(t.to(dev, non_blocking=True) for t in ts))
+
+    it = iter(blocks)
+    first = next(it, None)
+    pending = upload(first) if first is not None else None
+    while pending is not None:
+        cur = pending
+        compute = torch.cuda.current_stream(dev)
+        compute.wait_stream(stream)  # this block's copies are done before it is used
+        for t in cur[3:]:
+            t.record_stream(compute)  # the allocator must not reuse them while the compute stream runs
+        nxt = next(it, None)
+        pending = upload(nxt) if nxt is not None else None  # overlaps the compute on ``cur``
+        yield cur
 
 
 class _Plan:
@@ -168,17 +224,15 @@ def accumulate(plan: _Plan, indices: np.ndarray, repeats: range, *, with_baselin
                            **_boot())
     block = plan.block_size(len(indices))
     items_per_pass = max(1, plan.batch_size // block)  # small blocks: stack several (unit, repeat) items per pass
-    for idx, x_np, y_np in src.blocks(np.asarray(indices, dtype=np.int64), block):
-        x = torch.from_numpy(np.ascontiguousarray(x_np)).to(dev)
+    checks = DeferredChecks(dev)  # the perturbed passes' output check, read back once (no sync per pass)
+    for idx, x_np, y_np, x, y, idx_t in _device_blocks(src.blocks(np.asarray(indices, dtype=np.int64), block), dev):
         if x.shape[1:] != (C, H, W):
             raise ValueError(f"image shape changed within the data: {tuple(x.shape[1:])} vs {(C, H, W)}")
         _check_finite(x, idx)
         if getattr(plan, "stream_digest", None) is not None:  # checkpoints: every evaluated image is hashed
             plan.stream_digest.update(idx, x_np, y_np)
-        y = torch.as_tensor(np.asarray(y_np, dtype=np.int64), device=dev)
         if src.labels is None and y.numel() and (int(y.min()) < 0 or int(y.max()) >= K):
             raise ValueError(f"labels must lie in [0, {K}) for {K} classes; found {int(y.min())}..{int(y.max())}")
-        idx_t = torch.from_numpy(idx).to(dev)
         B = len(idx)
         w = poisson_weights(plan.ctx.seed, idx_t, nb) if nb else None  # (nb, B), a function of (seed, index, b)
         if with_baseline:
@@ -188,7 +242,7 @@ def accumulate(plan: _Plan, indices: np.ndarray, repeats: range, *, with_baselin
                 raise
             except Exception as err:
                 raise ValueError(f"the model failed on a batch of shape {tuple(x.shape)}: {type(err).__name__}: {err}") from err
-            cm_base += torch.bincount(y * K + p0, minlength=K * K)
+            _count(cm_base, y * K + p0)
             if nb:
                 add_weighted(boot_base, y * K + p0, w)
             n_forward += B
@@ -202,16 +256,17 @@ def accumulate(plan: _Plan, indices: np.ndarray, repeats: range, *, with_baselin
                 r0, r1 = max(a, u * R) - u * R, min(b, (u + 1) * R) - u * R
                 parts.append(plan.perturb(x, idx_t, plan.units[u], u, rep_t[r0:r1], plan.ctx))
             xp = parts[0] if len(parts) == 1 else torch.cat(parts)
-            pred = plan.predict(xp, K)
+            pred = plan.predict(xp, K, deferred=checks)
             n_it = b - a
             flat = torch.arange(n_it, device=dev).repeat_interleave(B) * (K * K) + yk[: n_it * B] + pred
-            cm[a:b] += torch.bincount(flat, minlength=n_it * K * K).view(n_it, K * K)
+            _count(cm[a:b].view(-1), flat)
             if nb:  # weighted counts per unit, pooled over the repeats of this pass
                 unit_of = torch.div(torch.arange(a, b, device=dev), R, rounding_mode="floor")
                 add_weighted(boot_cm, unit_of.repeat_interleave(B) * (K * K) + yk[: n_it * B] + pred, w.repeat(1, n_it))
             n_forward += n_it * B
             if bar is not None:
                 bar.update(1)
+    checks.raise_if_bad()
     return Accumulated(
         cm_base.view(K, K) if cm_base is not None else None,
         cm.view(U, R, K, K).transpose(0, 1).contiguous(),

@@ -84,13 +84,19 @@ def seed_words(random_state: int) -> int:
     return _as_i64((int(s[0]) << 32) | int(s[1]))
 
 
+def _head(seed: int, unit: int, tag: int) -> int:
+    """mix64(mix64(seed) ^ (tag * FNV + unit)) as a signed int64 Python int, computed on the host."""
+    h = int(_np_mix64(np.array([seed], dtype=np.int64).view(np.uint64))[0])
+    h ^= (tag * 0x100000001B3 + unit) & _MASK64
+    return _as_i64(int(_np_mix64(np.array([h], dtype=np.uint64))[0]))
+
+
 def _base_keys(seed: int, sample_idx: torch.Tensor, unit: int, repeats: torch.Tensor, tag: int) -> torch.Tensor:
     """Well-mixed int64 keys of shape (len(repeats), len(sample_idx)) for (seed, unit, repeat, sample, tag)."""
     dev = sample_idx.device
     _check_wrapping(dev)
-    head = _mix64(torch.tensor([seed], dtype=torch.int64))
-    head = _mix64_(head ^ _as_i64(tag * 0x100000001B3 + unit))
-    r = _mix64_(repeats.to(dev, torch.int64) * _GOLD ^ head.to(dev))  # (S,)
+    head = _head(seed, unit, tag)  # a Python int: no host->device copy (a hidden sync on CUDA) per call
+    r = _mix64_(repeats.to(dev, torch.int64) * _GOLD ^ head)  # (S,)
     i = _mix64_(sample_idx.to(dev, torch.int64) * _C2 + 0x632BE59BD9B4E019)  # (B,)
     return _mix64_(r[:, None] ^ i[None, :])
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 __all__ = ["as_predictor", "Predictor", "auto_batch_size", "as_output_tensor", "preserve_model_state",
-           "wrapped_modules"]
+           "wrapped_modules", "DeferredChecks"]
 
 
 def _first_conv_channels(module: nn.Module) -> int | None:
@@ -173,9 +173,14 @@ class _Predictor:
         with torch.inference_mode():
             return self.model(x)
 
-    def __call__(self, x: torch.Tensor, n_classes: int) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, n_classes: int, *, deferred: DeferredChecks | None = None) -> torch.Tensor:
         out = as_output_tensor(self.raw(x))
         out = out.to(x.device)
+        if deferred is not None and out.ndim == 2 and out.shape[0] == x.shape[0] and out.shape[1] == n_classes >= 2:
+            # (B, K) scores: argmax lies in [0, K) by construction; the NaN/inf check is counted on the
+            # device and raised once by ``deferred.raise_if_bad()`` -- no device sync per forward pass
+            deferred.add(out)
+            return out.argmax(dim=1)
         if out.is_floating_point() and not bool(torch.isfinite(out).all()):
             bad = int((~torch.isfinite(out.reshape(len(out), -1))).any(1).sum()) if out.ndim else 1
             raise ValueError(
@@ -206,6 +211,34 @@ class _Predictor:
                 f"outside [0, {n_classes}); pass class_names / n_classes matching the model"
             )
         return pred
+
+
+class DeferredChecks:
+    """The model-output check of many forward passes, counted on the device and raised once.
+
+    ``_Predictor(x, K, deferred=checks)`` adds the number of score rows with
+    NaN or inf to a device counter instead of reading it back after every pass
+    (each read is a host-device sync on a GPU); :meth:`raise_if_bad` reads it
+    once and raises the same ValueError the immediate check raises.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.bad = torch.zeros((), dtype=torch.int64, device=device)
+        self.n = 0
+
+    def add(self, out: torch.Tensor) -> None:
+        if out.is_floating_point():
+            self.bad += (~torch.isfinite(out)).any(1).sum()
+        self.n += int(out.shape[0])
+
+    def raise_if_bad(self) -> None:
+        bad = int(self.bad)
+        if bad:
+            raise ValueError(
+                f"the model returned NaN or inf outputs for {bad} of {self.n} images; predictions from "
+                "non-finite scores are meaningless. Check the model (NaN weights, overflow in float16, a "
+                "log of 0) or the input scaling"
+            )
 
 
 def as_output_tensor(out: Any) -> torch.Tensor:
