@@ -420,13 +420,11 @@ def _add_run(sub, common) -> None:
     g = p.add_argument_group("adaptive k (stop once the ranking is settled)")
     g.add_argument("--adaptive", action="store_true",
                    help="add repeats in chunks until the ranking is settled (cap --k)")
-    g.add_argument("--adaptive-min-repeats", type=_int_at_least(2), metavar="N",
-                   help="repeats before the first check (20)")
-    g.add_argument("--adaptive-chunk", type=_int_at_least(1), metavar="N", help="repeats between checks (10)")
-    g.add_argument("--adaptive-patience", type=_int_at_least(1), metavar="N",
-                   help="unchanged rankings that count as stable (3)")
+    g.add_argument("--adaptive-min-repeats", type=_int_at_least(3), metavar="N",
+                   help="repeats before the first check (5)")
+    g.add_argument("--adaptive-chunk", type=_int_at_least(1), metavar="N", help="repeats between checks (5)")
     g.add_argument("--adaptive-tol", type=_float_in(0, 1, hi_open=True), metavar="F",
-                   help="tie tolerance, fraction of the importance range (0.02)")
+                   help="tie tolerance in importance units, e.g. F1 (0.005)")
     g = p.add_argument_group("execution")
     g.add_argument("--device", default=None,
                    help="cpu, cuda, cuda:N or mps (each torchrun process takes cuda:LOCAL_RANK)")
@@ -532,7 +530,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.checkpoint and len(perts) > 1:
         raise CLIError("--checkpoint works with one perturbation per run; run each perturbation separately",
                        EXIT_USAGE)
-    adaptive_opts = {k: getattr(args, f"adaptive_{k}") for k in ("min_repeats", "chunk", "patience", "tol")}
+    adaptive_opts = {k: getattr(args, f"adaptive_{k}") for k in ("min_repeats", "chunk", "tol")}
     adaptive_opts = {k: v for k, v in adaptive_opts.items() if v is not None}
     adaptive: Any = False
     if args.adaptive or adaptive_opts:

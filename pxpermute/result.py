@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from ._fileio import ResultFileError, load_bundle, save_bundle
+from .inference import COVERAGE_NOTE, fold_mean_interval, median_interval
 from .metrics import compute_metric, present_classes
 from .stats import t_interval
 
@@ -47,10 +48,23 @@ class ImportanceResult:
     importances_sem : ndarray (C,)
         Standard error of the mean over repeats, ``std / sqrt(R)`` (NaN when R < 2).
     ci_low, ci_high : ndarray (C,)
-        Confidence interval (level ``info["confidence"]``, default 95 %) of the
-        mean over repeats: t-interval ``mean +- t * std / sqrt(R)``, i.e. built
-        on the standard error, not on the spread; NaN when R < 2.  It reflects
-        the randomness of the permutations only, not which test cells were drawn.
+        The interval shown by default (level ``info["confidence"]``, default
+        95 %); which one is named by :attr:`ci_label`: the **bootstrap over test
+        cells** (``bootstrap_ci_low/high``) when the run has one; after
+        :meth:`concat` of at least two folds without it, the t-interval over the
+        **fold means** (folds - 1 degrees of freedom,
+        :func:`pxpermute.inference.fold_mean_interval`); otherwise the
+        permutation interval below.  No interval of a single run covers
+        retraining (:data:`pxpermute.inference.COVERAGE_NOTE`).
+    perm_ci_low, perm_ci_high : ndarray (C,)
+        The **permutation (Monte Carlo) interval**: how precisely the k repeats
+        measured the importance on these cells for this model -- nothing more.
+        A t-interval of the mean over repeats (``mean +- t * std / sqrt(R)``;
+        NaN when R < 2); with ``aggregate="median"`` the order-statistic interval
+        of the median over repeats (:func:`pxpermute.inference.median_interval`;
+        NaN when R is too small for the level).
+    ci_kind : {"bootstrap", "folds", "permutation"}
+        Which interval ``ci_low/high`` hold; :attr:`ci_label` says it in words.
     bootstrap_confusion, bootstrap_baseline_confusion : ndarray (B, C, K, K) and (B, K, K), or None
         Poisson-bootstrap weighted confusion matrices (pooled over repeats) when
         the run had ``n_bootstrap = B > 0``; see :mod:`pxpermute.stats`.
@@ -63,7 +77,15 @@ class ImportanceResult:
         One-sided bootstrap p-value of H0 "importance <= 0" (see
         :func:`pxpermute.stats.bootstrap_p_values`).
     rank_stability : ndarray (C,) or None
-        Fraction of bootstrap replicates in which each unit holds its rank.
+        Fraction of bootstrap replicates in which each unit holds its rank (ties,
+        e.g. channels at exactly 0, are broken by column order: prefer the next two).
+    pairwise_probabilities : ndarray (C, C) or None
+        ``[a, b]``: fraction of bootstrap replicates in which unit a scores above
+        unit b (ties count one half).
+    rank_low, rank_high : ndarray (C,) of int, or None
+        Simultaneous bootstrap rank intervals (1 = most important).
+    class_q_values : ndarray (C, K') or None
+        Benjamini-Hochberg adjusted per-class p-values.
     baseline_score_ci : (float, float) or None
         Bootstrap interval of the unperturbed score.
     present_classes : ndarray (K,) of bool
@@ -393,19 +415,50 @@ class ImportanceResult:
         self.importances_mean = ti.mean
         self.importances_median = np.median(imp, axis=0)
         self.importances_std, self.importances_sem = ti.std, ti.sem
-        self.ci_low, self.ci_high = ti.low, ti.high
-        self.importance = self.importances_median if self.info.get("aggregate") == "median" else self.importances_mean
+        median = self.info.get("aggregate") == "median"
+        if median:  # the permutation interval of what is reported: the median over repeats
+            _, self.perm_ci_low, self.perm_ci_high = median_interval(imp, level, axis=0)
+        else:
+            self.perm_ci_low, self.perm_ci_high = ti.low, ti.high
+        self.importance = self.importances_median if median else self.importances_mean
         boot: dict[str, Any] = dict.fromkeys(
             ("bootstrap_importances", "bootstrap_drops", "bootstrap_se", "bootstrap_ci_low", "bootstrap_ci_high",
-             "p_values", "rank_stability", "class_p_values", "class_se", "class_ci_low", "class_ci_high",
-             "baseline_score_ci"))
+             "p_values", "rank_stability", "pairwise_probabilities", "rank_low", "rank_high", "class_p_values",
+             "class_q_values", "class_se", "class_ci_low", "class_ci_high", "baseline_score_ci"))
         if (self.bootstrap_confusion is not None and self.bootstrap_baseline_confusion is not None
                 and self.confusion is not None and self.baseline_confusion is not None and self.drops is not None):
             from .stats import bootstrap_summary
 
             boot.update(bootstrap_summary(self, level))
         self.__dict__.update(boot)
+        if self.bootstrap_ci_low is not None:
+            self.ci_kind = "bootstrap"
+            self.ci_low, self.ci_high = self.bootstrap_ci_low, self.bootstrap_ci_high
+        elif self.folds is not None and len(self.fold_keys) >= 2:
+            self.ci_kind = "folds"
+            _, self.ci_low, self.ci_high = fold_mean_interval(self.fold_importances, level)
+        else:
+            self.ci_kind = "permutation"
+            self.ci_low, self.ci_high = self.perm_ci_low, self.perm_ci_high
 
+    @property
+    def ci_label(self) -> str:
+        """What ``ci_low/high`` cover, in words (used by :meth:`summary` and the plots)."""
+        if self.ci_kind == "bootstrap":
+            return f"bootstrap over test cells ({self.n_bootstrap} replicates)"
+        if self.ci_kind == "folds":
+            return f"t over {self.n_folds} {self.fold_name} means"
+        if self.info.get("method") in _ATTRIBUTION_METHODS:
+            return "t over the images' attributions"
+        return "permutation (Monte Carlo) interval, k repeats only"
+
+    @property
+    def coverage_note(self) -> str:
+        """Which randomness the shown interval covers and which it does not."""
+        if self.ci_kind == "folds":
+            return (f"the interval over {self.fold_name} means covers retraining and test cells, approximately "
+                    f"(training sets of cross-validation folds overlap, so it is somewhat optimistic)")
+        return COVERAGE_NOTE
     @property
     def n_bootstrap(self) -> int:
         """Bootstrap replicates held (0 without a bootstrap)."""
@@ -440,8 +493,12 @@ class ImportanceResult:
         """Tidy table.
 
         ``level="channel"``: one row per channel (importance, std, standard error
-        ``sem``, CI, normalized, rank; with a bootstrap also ``boot_se``,
-        ``boot_ci_low/high``, ``p_value``, ``rank_stability``);
+        ``sem``, ``ci_low/high`` -- the interval named by :attr:`ci_label` --,
+        ``perm_ci_low/high`` (permutation interval), normalized, rank; with a
+        bootstrap also ``boot_se``, ``boot_ci_low/high``, ``p_value``,
+        ``rank_low/high`` (simultaneous rank interval), ``p_above_next``
+        (bootstrap P(this channel above the next one in the ranking)),
+        ``rank_stability``);
         ``"repeat"``: one row per (repeat, channel); ``"class"``: one row per
         (repeat, channel, class) with baseline, perturbed score and drop;
         ``"per_class"``: one row per (channel, class) with the drop summarized
@@ -464,6 +521,8 @@ class ImportanceResult:
                     "median": self.importances_median,
                     "ci_low": self.ci_low,
                     "ci_high": self.ci_high,
+                    "perm_ci_low": self.perm_ci_low,
+                    "perm_ci_high": self.perm_ci_high,
                     "normalized": self.normalized().to_numpy(),
                 }
             )
@@ -473,6 +532,13 @@ class ImportanceResult:
                 df["boot_ci_low"] = self.bootstrap_ci_low
                 df["boot_ci_high"] = self.bootstrap_ci_high
                 df["p_value"] = self.p_values
+                df["rank_low"] = self.rank_low
+                df["rank_high"] = self.rank_high
+                order = list(self.ranking)
+                nxt = np.full(len(order), np.nan)  # P(this unit above the one ranked just below it)
+                for a, b in zip(order[:-1], order[1:]):
+                    nxt[a] = self.pairwise_probabilities[a, b]
+                df["p_above_next"] = nxt
                 df["rank_stability"] = self.rank_stability
             df.insert(0, "method", method)
             return df
@@ -564,30 +630,51 @@ class ImportanceResult:
         return table.loc[self.channel_names, names].rename_axis(index=None, columns=None)
 
     def summary(self) -> str:
-        """A plain-text table of the ranking with 95 % CIs."""
+        """A plain-text table of the ranking with its intervals, each saying what randomness it covers."""
         df = self.to_frame().sort_values("rank")
         lines = [self.title()]
         pct = f"{100 * float(self.info.get('confidence', 0.95)):g}%"
         boot = self.bootstrap_importances is not None
-        head = f"{'rank':>4}  {'channel':<14}{'importance':>11}  {pct + ' CI (repeats)':>21}  {'normalized':>10}"
+        show_perm = self.ci_kind != "permutation"
+        head = f"{'rank':>4}  {'channel':<14}{'importance':>11}  {pct + ' CI':>21}"
         if boot:
-            head += f"  {pct + ' CI (bootstrap)':>21}  {'p':>7}  {'P(rank)':>7}"
+            head += f"  {'p':>7}  {'P(>next)':>8}  {'rank range':>10}"
+        if show_perm:
+            head += f"  {'permutation CI':>21}"
+        head += f"  {'normalized':>10}"
         lines.append(head)
+
+        def fmt(lo: float, hi: float) -> str:
+            return f"[{lo:+.4f}, {hi:+.4f}]" if np.isfinite(lo) and np.isfinite(hi) else "n/a"
+
         for _, row in df.iterrows():
-            ci = f"[{row.ci_low:+.4f}, {row.ci_high:+.4f}]" if np.isfinite(row.ci_low) else "n/a"
-            line = f"{int(row['rank']):>4}  {row.channel:<14}{row.importance:>+11.4f}  {ci:>21}  {row.normalized:>10.3f}"
+            line = f"{int(row['rank']):>4}  {row.channel:<14}{row.importance:>+11.4f}  {fmt(row.ci_low, row.ci_high):>21}"
             if boot:
-                bci = f"[{row.boot_ci_low:+.4f}, {row.boot_ci_high:+.4f}]"
-                line += f"  {bci:>21}  {row.p_value:>7.4f}  {row.rank_stability:>7.2f}"
+                nxt = f"{row.p_above_next:.2f}" if np.isfinite(row.p_above_next) else "-"
+                rr = f"{int(row.rank_low)}-{int(row.rank_high)}"
+                line += f"  {row.p_value:>7.4f}  {nxt:>8}  {rr:>10}"
+            if show_perm:
+                line += f"  {fmt(row.perm_ci_low, row.perm_ci_high):>21}"
+            line += f"  {row.normalized:>10.3f}"
             lines.append(line)
+        lines.append(f"CI: {self.ci_label}.")
         if boot:
-            lines.append(f"bootstrap: {self.n_bootstrap} Poisson replicates over the test images; "
-                         "p: one-sided bootstrap test of importance > 0; P(rank): rank stability")
+            lines.append("p: one-sided bootstrap test of H0 'importance <= 0' (replicates at or below 0 over all "
+                         "replicates); P(>next): share of replicates in which the channel scores above the next one; "
+                         "rank range: simultaneous 95% bootstrap rank interval.")
+        lines.append("permutation CI: the k repeats' Monte Carlo noise only (how precisely k measured the importance "
+                     "on these cells for this model)." if show_perm or self.ci_kind == "permutation" else "")
         if self.folds is not None:
             lines.append(f"pooled over {self.n_folds} {self.fold_name}s ({', '.join(map(str, self.fold_keys))}); "
-                         f"the CI covers the permutations only, not the spread between {self.fold_name}s "
-                         f"(see to_frame('fold'))")
-        return "\n".join(lines)
+                         f"see to_frame('fold').")
+        lines.append(f"Coverage: {self.coverage_note}")
+        lines.append("normalized: min-max scaled (the top channel is 1.0 even if every channel is noise); "
+                     "an interval containing 0 is absence of evidence, not evidence that a channel is unused.")
+        zero = self.info.get("unchanged_under_pixel_permutation")
+        if zero:
+            lines.append(f"Exactly 0 under pixel permutation: {', '.join(zero)} (ignored by the model, or read only "
+                         "through their intensity histogram; try perturbation='sample').")
+        return "\n".join(line for line in lines if line)
 
     def title(self) -> str:
         i = self.info

@@ -183,7 +183,7 @@ def run_repeats(
         prev = p
     total += 0 if base_np is not None else math.ceil(len(local) / plan.block_size(max(len(local), 1)))
     bar = tqdm(total=total, disable=not progress, desc=desc, unit="pass")
-    history: list[tuple[int, ...]] = []
+    history: list[Any] = []  # RankingDecision of every adaptive evaluation
     info_adaptive = None
     stopped = "cap"
     k = done
@@ -208,10 +208,13 @@ def run_repeats(
                     save_checkpoint(checkpoint, fp, base_np, np.concatenate(conf_parts), n_forward,
                                     extras=_collector_state(collector), data_stream_digest=stream)
             k = p
-            if adaptive is not None and p >= adaptive.min_repeats and p < n_repeats:
+            if adaptive is not None and p >= adaptive.min_repeats:
                 conf = np.concatenate(conf_parts)[:p]
-                settled, why = ranking_settled(score(base_np, conf), aggregate=aggregate, rule=adaptive, history=history)
-                if settled:
+                settled, why = ranking_settled(score(base_np, conf), aggregate=aggregate, rule=adaptive, history=history,
+                                               n_samples=len(indices))
+                if p >= n_repeats:  # evaluated at the cap only to record the ties
+                    stopped = "cap" if settled else "cap (ranking not settled)"
+                elif settled:
                     stopped = why
                     break
     finally:
@@ -228,7 +231,10 @@ def run_repeats(
             "pooled over all of them and cannot be cut: use n_repeats >= the checkpoint's repeats or a new checkpoint"
         )
     if adaptive is not None:
+        last = history[-1] if history else None
         info_adaptive = dict(asdict(adaptive), cap=int(n_repeats), k_used=int(k), stopped=stopped,
-                             evaluations=len(history))
+                             evaluations=len(history), tie_groups=[] if last is None else last.tie_groups,
+                             open_pairs=[] if last is None else [[p_["a"], p_["b"]] for p_ in last.pairs
+                                                                  if p_["status"] == "open"])
     return {"baseline": base_np, "confusion": confusion, "n_forward_images": int(n_forward), "n_repeats": int(k),
             "resumed_repeats": int(min(resumed, k)), "world_size": int(world), "adaptive": info_adaptive}

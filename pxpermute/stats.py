@@ -509,7 +509,12 @@ def bootstrap_summary(result: Any, confidence: float = 0.95) -> dict[str, Any]:
 
     Returns a dict with ``bootstrap_importances`` (B, U), ``bootstrap_drops``
     (B, U, K'), ``bootstrap_se``, ``bootstrap_ci_low``, ``bootstrap_ci_high``,
-    ``p_values``, ``rank_stability`` (U,), the per-class ``class_p_values``,
+    ``p_values``, ``rank_stability`` (U,; ties broken by column order -- prefer
+    the next two), ``pairwise_probabilities`` (U, U; P(a above b), ties count
+    one half, :func:`pxpermute.inference.pairwise_probabilities`), ``rank_low``,
+    ``rank_high`` (U,; simultaneous rank intervals, 1 = top,
+    :func:`pxpermute.inference.rank_intervals`), the per-class ``class_p_values``,
+    ``class_q_values`` (Benjamini-Hochberg over all units x classes),
     ``class_se``, ``class_ci_low``, ``class_ci_high`` (U, K'), and
     ``baseline_score_ci`` (low, high) of the unperturbed score.  Replicates are
     centred on the reported importance (overall) and on the mean drop over
@@ -543,6 +548,11 @@ def bootstrap_summary(result: Any, confidence: float = 0.95) -> dict[str, Any]:
         cse = np.nanstd(drops, axis=0, ddof=1)
     bs = bootstrap_scores(bb, metric, present=present)
     blo, bhi = percentile_interval(bs[:, None], confidence)
+    from .inference import bh_adjust, pairwise_probabilities, rank_intervals
+
+    finite = np.all(np.isfinite(imp), axis=1)
+    r_low, r_high = rank_intervals(imp[finite], result.importance, confidence=confidence) if finite.any() else (
+        np.ones(imp.shape[1], int), np.full(imp.shape[1], imp.shape[1]))
     return {
         "bootstrap_importances": imp,
         "bootstrap_drops": drops,
@@ -551,7 +561,11 @@ def bootstrap_summary(result: Any, confidence: float = 0.95) -> dict[str, Any]:
         "bootstrap_ci_high": hi,
         "p_values": bootstrap_p_values(imp),
         "rank_stability": rank_stability(imp, result.importance),
+        "pairwise_probabilities": pairwise_probabilities(imp),
+        "rank_low": r_low,
+        "rank_high": r_high,
         "class_p_values": cp,
+        "class_q_values": bh_adjust(cp),
         "class_se": cse,
         "class_ci_low": clo,
         "class_ci_high": chi,
@@ -587,10 +601,18 @@ def per_class_frame(result: Any) -> Any:
         "sem": sem.reshape(-1),
         "ci_low": ti.low.reshape(-1),
         "ci_high": ti.high.reshape(-1),
+        "perm_ci_low": ti.low.reshape(-1),
+        "perm_ci_high": ti.high.reshape(-1),
     }
     if getattr(result, "class_p_values", None) is not None:
+        # the interval shown by default is the bootstrap over test cells (as for the channel table)
+        cols["ci_low"] = result.class_ci_low.reshape(-1)
+        cols["ci_high"] = result.class_ci_high.reshape(-1)
         cols["boot_se"] = result.class_se.reshape(-1)
         cols["boot_ci_low"] = result.class_ci_low.reshape(-1)
         cols["boot_ci_high"] = result.class_ci_high.reshape(-1)
         cols["p_value"] = result.class_p_values.reshape(-1)
+        q = getattr(result, "class_q_values", None)
+        if q is not None:
+            cols["q_value"] = np.asarray(q).reshape(-1)
     return pd.DataFrame(cols)

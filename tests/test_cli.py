@@ -321,7 +321,7 @@ def test_run_perturbations_and_fill_value(files, capsys, perturbation):
 def test_run_adaptive_and_checkpoint_resume(files, capsys):
     ck = files / "resume" / "run.ckpt"
     argv = ["run", "--model", files / "model.pxp", "--data", files / "data.npz", "--k", "8", "--adaptive",
-            "--adaptive-min-repeats", "2", "--adaptive-chunk", "2", "--adaptive-patience", "1", "--checkpoint", ck,
+            "--adaptive-min-repeats", "3", "--adaptive-chunk", "2", "--checkpoint", ck,
             "--out", files / "resume" / "res", "--quiet", "--no-figures"]
     rc, _, err = _run_main(argv, capsys)
     assert rc == 0, err

@@ -170,7 +170,8 @@ def test_ignored_channel_not_significant_informative_channel_tiny_p():
     for col in ("sem", "boot_se", "boot_ci_low", "boot_ci_high", "p_value", "rank_stability"):
         assert col in df.columns
     assert df.set_index("channel").loc["noise", "p_value"] == 1.0
-    assert "bootstrap" in res.summary() and "P(rank)" in res.summary()
+    assert "bootstrap over test cells" in res.summary() and "P(>next)" in res.summary()
+    assert res.ci_kind == "bootstrap" and np.array_equal(res.ci_low, res.bootstrap_ci_low)
     # the bar plot's error bars are the bootstrap interval
     fig = res.plot(normalized=False, sort=False)
     errbar = next(c for c in fig.axes[0].containers if type(c).__name__ == "ErrorbarContainer")
@@ -195,7 +196,7 @@ def test_bootstrap_ci_of_binomial_accuracy_matches_analytic_interval():
     assert abs(res.bootstrap_ci_low[i] - lo) < tol and abs(res.bootstrap_ci_high[i] - hi) < tol
     assert abs(res.baseline_score_ci[0] - lo) < tol and abs(res.baseline_score_ci[1] - hi) < tol
     # the permutation-only interval knows nothing about the binomial sampling error
-    assert res.ci_high[i] - res.ci_low[i] < 1e-9
+    assert res.perm_ci_high[i] - res.perm_ci_low[i] < 1e-9
 
 
 def test_repeat_ci_is_a_t_interval_on_the_standard_error():
@@ -206,7 +207,7 @@ def test_repeat_ci_is_a_t_interval_on_the_standard_error():
     sem = res.importances.std(axis=0, ddof=1) / np.sqrt(R)
     np.testing.assert_allclose(res.importances_sem, sem)
     half = sps.t.ppf(0.9, R - 1) * sem
-    np.testing.assert_allclose(res.ci_high - res.ci_low, 2 * half)
+    np.testing.assert_allclose(res.perm_ci_high - res.perm_ci_low, 2 * half)
     assert res.info["confidence"] == 0.8
 
 
@@ -256,7 +257,8 @@ def test_bootstrap_independent_of_batch_size_and_chunks_and_survives_save_load_r
     assert acc.n_bootstrap == 64 and acc.bootstrap_importances.shape == (64, 3)
     assert acc.bootstrap_se[0] > 0
     # without a bootstrap, the bootstrap attributes are None and the table has no bootstrap columns
-    plain = channel_importance(RampModel(), (X, y), n_repeats=2, **FAST)
+    plain = channel_importance(RampModel(), (X, y), n_repeats=2, n_bootstrap=0, **FAST)
+    assert plain.ci_kind == "permutation" and np.array_equal(plain.ci_low, plain.perm_ci_low)
     assert plain.p_values is None and plain.n_bootstrap == 0 and "p_value" not in plain.to_frame().columns
 
 
