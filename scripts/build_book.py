@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -144,6 +145,7 @@ def finalize(out: Path, tier: str, seconds: float, replacements: list[tuple[str,
             if o.get("output_type") == "error":
                 ok = False
     text = _scrub(json.dumps(nb), [(json.dumps(a)[1:-1], json.dumps(b)[1:-1]) for a, b in replacements])
+    text = re.sub(r"/tmp/ipykernel_\d+/\d+\.py", "<cell>", text)  # warnings name the kernel's temporary cell file
     nb = json.loads(text)
     pm = nb.get("metadata", {}).get("papermill", {})
     for key in ("input_path", "output_path"):
