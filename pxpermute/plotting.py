@@ -20,9 +20,7 @@ __all__ = ["plot_importance", "plot_per_class", "plot_montage"]
 
 
 def _norm_ci(res, normalized: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    val, lo, hi = res.importance, res.ci_low, res.ci_high
-    if getattr(res, "bootstrap_ci_low", None) is not None:  # the test-image bootstrap interval, when the run has one
-        lo, hi = res.bootstrap_ci_low, res.bootstrap_ci_high
+    val, lo, hi = res.importance, res.ci_low, res.ci_high  # the interval named by res.ci_label
     if not normalized:
         return val, lo, hi
     vmin, vmax = np.nanmin(val), np.nanmax(val)
@@ -152,9 +150,10 @@ def plot_importance(results, ax=None, *, normalized: bool = True, sort: bool = T
                     title: str | None = None, ground_truth=None):
     """Bar plot of channel importances with 95 % CIs (Fig. 3 style).
 
-    Error bars are the bootstrap interval over test images when the result has
-    one (``channel_importance(..., n_bootstrap=...)``), else the t-interval of
-    the mean over repeats (built on the standard error ``std / sqrt(k)``).
+    Error bars are each result's ``ci_low/high``, named in the title by
+    ``result.ci_label``: the bootstrap interval over test cells (the default),
+    the t-interval over fold means for pooled folds, else the permutation
+    (Monte Carlo) interval over repeats.
 
     Parameters
     ----------
@@ -216,7 +215,10 @@ def plot_importance(results, ax=None, *, normalized: bool = True, sort: bool = T
             handles, labs = handles + h2, labs + l2
         ax.legend(handles, labs, fontsize="small", frameon=False, loc="upper center",
                   bbox_to_anchor=(0.5, -0.22 if len(names) > 5 else -0.12), ncol=min(4, len(handles)))
-    ax.set_title(title or results[0].title(), fontsize="small", wrap=True)
+    label = getattr(results[0], "ci_label", None)
+    note = (f"\nerror bars: {100 * float(results[0].info.get('confidence', 0.95)):g}% CI, {label}; "
+            "no interval covers retraining") if label else ""
+    ax.set_title((title or results[0].title()) + note, fontsize="small", wrap=True)
     sns.despine(ax=ax, right=ground_truth is None)
     _legible(fig)
     return fig
@@ -226,7 +228,8 @@ def plot_per_class(result, ax=None, *, title: str | None = None, cmap: str = "ro
     """Heatmap of the mean drop per (channel, class): which stain matters for which cell type.
 
     With a bootstrap in the result (``n_bootstrap > 0``), cells whose per-class
-    one-sided bootstrap p-value is below ``alpha`` get a ``*`` (``alpha=None``: no marks).
+    one-sided bootstrap p-value, Benjamini-Hochberg adjusted over all cells, is
+    below ``alpha`` get a ``*`` (``alpha=None``: no marks).
     """
     table: pd.DataFrame = result.per_class()
     if ax is None:
@@ -235,7 +238,8 @@ def plot_per_class(result, ax=None, *, title: str | None = None, cmap: str = "ro
         fig = ax.figure
     annot, fmt = table.shape[0] * table.shape[1] <= 150, ".2f"
     if annot and alpha is not None and getattr(result, "class_p_values", None) is not None:
-        stars = np.where(result.per_class("p_value").to_numpy() < alpha, "*", "")
+        col = "q_value" if getattr(result, "class_q_values", None) is not None else "p_value"  # BH-adjusted
+        stars = np.where(result.per_class(col).to_numpy() < alpha, "*", "")
         annot, fmt = np.char.add(np.char.mod("%.2f", table.to_numpy(dtype=float)), stars), ""
     sns.heatmap(table, annot=annot, fmt=fmt, cmap=cmap, ax=ax,
                 cbar_kws={"label": f"drop in {result.info.get('metric', 'metric')}"})
