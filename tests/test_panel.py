@@ -118,6 +118,12 @@ def comparison(ds):
 # ---------------------------------------------------------------------------
 def test_compare_panels_contract_and_planted_order(comparison, ds):
     cmp = comparison
+    # non-inferiority at the margin and fixed-sequence testing of the top-k panels (largest k first)
+    assert {"ni_upper", "ni_p", "ni_outcome", "fixed_sequence"} <= set(cmp.tests.columns)
+    assert set(cmp.tests["ni_outcome"]) <= {"non-inferior", "worse", "inconclusive"}
+    seq = cmp.tests[cmp.tests["kind"] == "top-k"].sort_values("k", ascending=False)["fixed_sequence"].tolist()
+    assert seq and all(s != "not tested" for s in seq[: next((i + 1 for i, s in enumerate(seq) if s != "non-inferior"),
+                                                           len(seq))])
     assert isinstance(cmp, PanelComparison)
     assert cmp.panel_table.panel.tolist() == ["stain-free", "stain-free + top-1", "stain-free + top-2", "all channels"]
     assert cmp.panel_table.n_channels.tolist() == [1, 2, 3, 5]

@@ -308,6 +308,8 @@ def compare_panels(
     random_state: int | None = 42,
     test: str = "ttest",
     alpha: float = 0.05,
+    margin: float = 0.02,
+    validation_fraction: float = 0.2,
     n_jobs: int | None = None,
     progress: bool = True,
     **train_kwargs: Any,
@@ -339,6 +341,21 @@ def compare_panels(
         Paired one-sided test whose p-value decides ``significant`` (all three
         are reported; see the module docstring for their caveats with few folds).
     alpha : float, default 0.05
+    margin : float, default 0.02
+        Largest acceptable loss of F1-macro for the non-inferiority tests:
+        ``tests`` also holds ``ni_upper`` (one-sided upper bound of the loss,
+        Nadeau-Bengio corrected), ``ni_p`` and ``ni_outcome`` ("non-inferior",
+        "worse", "inconclusive"; :func:`pxpermute.inference.noninferiority_test`),
+        and ``fixed_sequence``: the top-k panels tested from the largest k down
+        at ``alpha``, stopping at the first one not shown non-inferior
+        (:func:`pxpermute.inference.fixed_sequence`; familywise error alpha
+        without adjustment).  "not significantly below" (``significant``) is not
+        evidence that a panel is as good; ``ni_outcome`` asks that question.
+        The ranking should come from data not used for this comparison.
+    validation_fraction : float, default 0.2
+        Share of each training fold held out for early stopping (the recipe's
+        20 %): the model is fitted on ``(1 - 1/n_splits)(1 - v)`` of the cells,
+        which sets the Nadeau-Bengio ratio (0.3125 for 5 folds).
     n_jobs : int or None, default None
         Trainings in parallel through joblib (``-1``: all cores; a Dask cluster
         inside ``joblib.parallel_config(backend="dask")``); the results do not
@@ -410,9 +427,24 @@ def compare_panels(
                           f1_macro_mean=float(np.mean(cvs[name].f1_macro)), **res, test=test,
                           significant=bool(np.isfinite(p) and p < alpha)))
     tests = pd.DataFrame(trows)
+    if len(tests):
+        from ..inference import fixed_sequence, nb_test_train_ratio, noninferiority_test
+
+        ratio = nb_test_train_ratio(int(n_splits), float(validation_fraction))
+        ni = [noninferiority_test(ref.f1_macro, cvs[name].f1_macro, margin=margin, test_train_ratio=ratio, alpha=alpha)
+              for name in tests["panel"]]
+        tests["ni_upper"] = [r["upper"] for r in ni]
+        tests["ni_p"] = [r["p_value"] for r in ni]
+        tests["ni_outcome"] = [r["outcome"] for r in ni]
+        tests["fixed_sequence"] = "not in sequence"
+        topk = tests[tests["kind"] == "top-k"].sort_values("k", ascending=False)
+        for idx, o in zip(topk.index, fixed_sequence(topk["ni_p"].to_numpy(), alpha=alpha)):
+            tests.loc[idx, "fixed_sequence"] = {"rejected": "non-inferior", "not rejected": "inconclusive",
+                                                "not tested": "not tested"}[o["outcome"]]
     rank_desc = ranking_label(ranking)
     info = dict(data=ds.name, model=model_label(train_kwargs), random_state=cache.random_state, n_splits=n_splits,
                 ranking=rank_desc, ranked_stains=names_of(ds, stains), stain_free=names_of(ds, sf), test=test, alpha=alpha,
+                margin=margin, validation_fraction=validation_fraction,
                 n_trainings=cache.n_trainings, seconds=time.perf_counter() - t0)
     return PanelComparison(scores=scores, panel_table=panel_table, tests=tests, cv_results=cvs, info=info)
 
