@@ -852,8 +852,8 @@ def plot_method_schematic(dataset, *, model=None, channel: int | str | None = No
     permutation keeps it exactly).  Every column uses one display range for all rows (the
     ``percentiles`` of that channel over the two cells shown), so an occluded or empty channel
     looks empty.  With ``results`` (``{"pixel": ImportanceResult, "sample": ..., "fill": ...}``,
-    any subset) each row label reads out the F1 drop of ``channel`` with its 95 % interval; with a
-    ``model`` instead, the three results are computed here on ``dataset`` (``n_repeats`` each).
+    any subset) each row label reads out the F1 drop of ``channel`` with its 95 % interval.
+    :func:`pxpermute.evaluation.method_schematic` computes the three results from a model first.
 
     The permutation drawn here is one numpy permutation for illustration; the engine draws its
     own (counter-based) permutations for every repeat.
@@ -861,9 +861,8 @@ def plot_method_schematic(dataset, *, model=None, channel: int | str | None = No
     Parameters
     ----------
     dataset : IFCDataset
-    model : classifier, optional
-        Any model :func:`~pxpermute.channel_importance` accepts; its F1 drops on ``dataset`` are
-        read out (ignored when ``results`` is given).
+    model : None
+        Not accepted here (raises ``TypeError``): use :func:`pxpermute.evaluation.method_schematic`.
     channel : int or str, optional
         Channel to perturb (default: the top channel of ``results["pixel"]``, else 0).
     index, donor : int, optional
@@ -871,10 +870,8 @@ def plot_method_schematic(dataset, *, model=None, channel: int | str | None = No
         random cell of another class).
     results : mapping of str to ImportanceResult, optional
         Results of ``channel_importance`` with ``perturbation`` = the key, on the same channels.
-    n_repeats : int, default 10
-        k of each perturbation when ``model`` is given.
-    device : str, optional
-        Passed to ``channel_importance`` with ``model``.
+    n_repeats, device :
+        Used by :func:`pxpermute.evaluation.method_schematic`; ignored here.
     fill_value : float, default 0.0
         Occlusion value.
     random_state : int or None, default 0
@@ -905,11 +902,10 @@ def plot_method_schematic(dataset, *, model=None, channel: int | str | None = No
     if not (hasattr(dataset, "get_batch") and hasattr(dataset, "labels") and hasattr(dataset, "channel_names")):
         raise TypeError(f"plot_method_schematic needs an IFCDataset, got {type(dataset).__name__}")
     if results is None and model is not None:
-        from .importance import channel_importance
-
-        results = {p: channel_importance(model, dataset, n_repeats=n_repeats, perturbation=p, random_state=random_state,
-                                         device=device, fill_value=fill_value, progress=False)
-                   for p in ("pixel", "sample", "fill")}
+        # plotting sits above the engine and is imported lazily by ImportanceResult.plot(); computing
+        # importances here would close an import cycle, so that step lives in pxpermute.evaluation.
+        raise TypeError("plot_method_schematic draws given results; to compute them from a model use "
+                        "pxpermute.evaluation.method_schematic(dataset, model, ...), or pass results={'pixel': ...}")
     results = dict(results or {})
     unknown = sorted(set(results) - {"pixel", "sample", "fill"})
     if unknown:

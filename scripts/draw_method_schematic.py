@@ -22,8 +22,8 @@ def draw(out: Path, repeats: int = 5) -> Path:
 
     matplotlib.use("Agg")
     from pxpermute.datasets.cellcycle import load_cellcycle, load_cellcycle_sample
+    from pxpermute.evaluation import method_schematic
     from pxpermute.models import load_pretrained
-    from pxpermute.plotting import plot_method_schematic
     from pxpermute.pretrained import load_cv
 
     try:
@@ -36,9 +36,9 @@ def draw(out: Path, repeats: int = 5) -> Path:
         what = f"embedded real cell-cycle sample ({len(cells)} cells, partly seen in training)"
     labels = list(cells.labels)
     index = labels.index(cells.class_names.index("Metaphase")) if "Metaphase" in cells.class_names else 0
-    fig = plot_method_schematic(cells, model=model, channel="DNA", index=index, n_repeats=repeats, random_state=0,
-                                title=f"PXPermute on one real cell: {what};\npretrained SmallCNN (cellcycle_all_fold0), "
-                                      f"DNA perturbed, F1 drop over all these cells, k={repeats}, seed=0")
+    fig = method_schematic(cells, model, channel="DNA", index=index, n_repeats=repeats, random_state=0,
+                           title=f"PXPermute on one real cell: {what};\npretrained SmallCNN (cellcycle_all_fold0), "
+                                 f"DNA perturbed, F1 drop over all these cells, k={repeats}, seed=0")
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110, bbox_inches="tight")
     return out

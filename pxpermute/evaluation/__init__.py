@@ -19,6 +19,7 @@ module                 what it holds
 :mod:`.loco`           :func:`leave_one_channel_out`, :func:`runtime_vs_loco`,
                        :func:`side_by_side`
 :mod:`.crossval`       :func:`cv_importance` -- the published protocol
+:mod:`.schematic`      :func:`method_schematic` -- the method drawn on one cell
 =====================  ==========================================================
 """
 from .agreement import ranking_channels, score_ranking, score_rankings
@@ -37,9 +38,11 @@ from .panels import (
 from .repeats import KAblation, first_stable_k, k_ablation
 from .retrain import retrain_scores
 from .roar import ROARResult, remove_and_retrain
+from .schematic import method_schematic
 
 __all__ = [
     "retrain_scores",
+    "method_schematic",
     "remove_and_retrain",
     "ROARResult",
     "ranking_channels",
