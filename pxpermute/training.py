@@ -724,6 +724,11 @@ def train_classifier(
 class CVResult(SavableResult):
     """Outcome of :func:`cross_validate`.
 
+    The result protocol: :meth:`to_frame` (tidy), :meth:`summary` (text),
+    :meth:`summary_frame` (mean and std per metric), :meth:`plot`,
+    :meth:`save` / :meth:`load` (scores, folds and predictions; the fitted
+    networks are not saved, a loaded result has ``None`` in their place).
+
     Attributes
     ----------
     models : list of IFCClassifier
@@ -744,11 +749,6 @@ class CVResult(SavableResult):
         Their indices in the original data set.
     class_names : list of str
     random_state : int or None
-
-    The result protocol: :meth:`to_frame` (tidy), :meth:`summary` (text),
-    :meth:`summary_frame` (mean and std per metric), :meth:`plot`,
-    :meth:`save` / :meth:`load` (scores, folds and predictions; the fitted
-    networks are not saved, a loaded result has ``None`` in their place).
     """
 
     models: list[Any]

@@ -191,6 +191,9 @@ def paired_tests(
 class PanelComparison(SavableResult):
     """Outcome of :func:`compare_panels`.
 
+    The result protocol: :meth:`to_frame` (``scores``), :meth:`summary` (text),
+    :meth:`statement`, :meth:`plot`, :meth:`save` / :meth:`load`.
+
     Attributes
     ----------
     scores : DataFrame
@@ -209,9 +212,6 @@ class PanelComparison(SavableResult):
         models; a loaded result has ``None`` in place of the models).
     info : dict
         Data, model, seed, folds, ranking provenance, trainings, seconds.
-
-    The result protocol: :meth:`to_frame` (``scores``), :meth:`summary` (text),
-    :meth:`statement`, :meth:`plot`, :meth:`save` / :meth:`load`.
     """
 
     scores: pd.DataFrame
@@ -485,6 +485,9 @@ class PanelSearch:
 class MinimalPanel(SavableResult):
     """Outcome of :func:`minimal_panel`.
 
+    The result protocol: :meth:`to_frame` (every evaluated panel of every
+    strategy), :meth:`summary` (text), :meth:`plot`, :meth:`save` / :meth:`load`.
+
     Attributes
     ----------
     panel, stains : list of str
@@ -501,9 +504,6 @@ class MinimalPanel(SavableResult):
         Channel tuple (dataset indices) -> CVResult (a loaded result has
         ``None`` in place of the models).
     info : dict
-
-    The result protocol: :meth:`to_frame` (every evaluated panel of every
-    strategy), :meth:`summary` (text), :meth:`plot`, :meth:`save` / :meth:`load`.
     """
 
     panel: list[str]
@@ -732,6 +732,9 @@ def minimal_panel(
 class MultiStageResult(SavableResult):
     """Outcome of :func:`multistage_design`.
 
+    The result protocol: :meth:`to_frame` (``table``), :meth:`summary` (text),
+    :meth:`plot`, :meth:`save` / :meth:`load`.
+
     Attributes
     ----------
     panel : list of str
@@ -748,9 +751,6 @@ class MultiStageResult(SavableResult):
         ``selected``.
     stain_free : list of str
     info : dict
-
-    The result protocol: :meth:`to_frame` (``table``), :meth:`summary` (text),
-    :meth:`plot`, :meth:`save` / :meth:`load`.
     """
 
     panel: list[str]

@@ -68,6 +68,10 @@ def first_stable_k(rankings: Mapping[int, Sequence[Any]], *, top: int | None = N
 class KAblation(SavableResult):
     """Outcome of :func:`k_ablation`.
 
+    The result protocol: :meth:`to_frame` (``table``), :meth:`summary` (text),
+    :meth:`plot`, :meth:`save` / :meth:`load` (the file holds the run; the
+    tables are recomputed from it on loading, exactly).
+
     Attributes
     ----------
     ks : list of int
@@ -85,10 +89,6 @@ class KAblation(SavableResult):
     top : int or None
     stable_k_all : int
         The same for the full ranking (all channels).
-
-    The result protocol: :meth:`to_frame` (``table``), :meth:`summary` (text),
-    :meth:`plot`, :meth:`save` / :meth:`load` (the file holds the run; the
-    tables are recomputed from it on loading, exactly).
     """
 
     ks: list[int]

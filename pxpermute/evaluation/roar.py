@@ -31,6 +31,10 @@ METRICS = ("f1_macro", "accuracy")
 class ROARResult(SavableResult):
     """Outcome of :func:`remove_and_retrain`.
 
+    The result protocol: :meth:`to_frame` (the tidy table), :meth:`summary`
+    (text), :meth:`summary_frame` (the published summary as a table),
+    :meth:`curve`, :meth:`plot`, :meth:`save` / :meth:`load`.
+
     Attributes
     ----------
     table : pandas.DataFrame
@@ -44,10 +48,6 @@ class ROARResult(SavableResult):
     params : dict
         ``n_splits``, ``steps``, ``random_state`` and the fixed training options.
     dataset_name : str or None
-
-    The result protocol: :meth:`to_frame` (the tidy table), :meth:`summary`
-    (text), :meth:`summary_frame` (the published summary as a table),
-    :meth:`curve`, :meth:`plot`, :meth:`save` / :meth:`load`.
     """
 
     table: pd.DataFrame
