@@ -89,7 +89,7 @@ def test_cell_counts_match_an_independent_padding_criterion(full, root):
 
 
 def test_padding_is_trailing_identical_and_cell_free(full, root):
-    raw = load_cellcycle(data_dir=root, download=False, drop_empty=False)
+    raw = load_cellcycle(data_dir=root, download=False, drop_empty=False, drop_duplicates=False)
     assert len(raw) == 900 * len(CELLCYCLE_PHASES)
     assert raw.class_counts() == {p: 900 for p in CELLCYCLE_PHASES}
     kept = full.class_counts()
@@ -132,7 +132,7 @@ def test_channel_subset_reads_only_those_channels(full, root, tmp_path):
         if ch in ("DF", "BF"):
             (tmp_path / entry.relpath).parent.mkdir(parents=True, exist_ok=True)
             (tmp_path / entry.relpath).symlink_to(root / entry.relpath)
-    sub = load_cellcycle(data_dir=tmp_path, download=False, channels=["DF", "BF"])
+    sub = load_cellcycle(data_dir=tmp_path, download=False, channels=["DF", "BF"], drop_duplicates=False)
     assert sub.channel_names == ["DF", "BF"] and sub.stain_free.tolist() == [True, True]
     np.testing.assert_array_equal(sub.images, full.images[:, [2, 0]])
     np.testing.assert_array_equal(sub.labels, full.labels)
@@ -140,7 +140,7 @@ def test_channel_subset_reads_only_those_channels(full, root, tmp_path):
 
 def test_env_var_points_at_the_cache(monkeypatch, full, root):
     monkeypatch.setenv("PXPERMUTE_DATA_DIR", str(root))
-    ds = load_cellcycle(download=False, channels=["DNA"])
+    ds = load_cellcycle(download=False, channels=["DNA"], drop_duplicates=False)
     np.testing.assert_array_equal(ds.images[:, 0], full.images[:, 1])
 
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
+# notebooks/drafts/ holds lessons not yet in the book (no lesson structure or teach-tier check yet); they still run here
+NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb")) + sorted((REPO / "notebooks" / "drafts").glob("*.ipynb"))
 
 
 def _meta(nb: Path) -> dict:
