@@ -21,6 +21,7 @@ from pxpermute.datasets import (
 
 PRESET_CHANNELS = {
     "default": ["BF", "DNA", "DNA-2", "Marker", "Noise", "Empty"],
+    "artefact": ["BF", "DNA", "DNA-2", "Marker", "Noise", "Empty"],  # default + a planted border artefact
     "apoptotic": ["BF", "FL"],
     "synapse": ["BF", "Ab", "CD18", "F-actin", "MHCII", "CD3", "P-CD3zeta", "Live-Dead"],
     "wbc": ["BF1", "CD15", "SigL8", "CD14", "CD19", "DF", "CD3", "CD45", "BF2", "CD4", "CD56", "CD8"],
