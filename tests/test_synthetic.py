@@ -29,12 +29,13 @@ PRESET_CHANNELS = {
 }
 PRESET_STAIN_FREE = {
     "default": {"BF"},
+    "artefact": {"BF"},
     "apoptotic": {"BF"},
     "synapse": {"BF"},
     "wbc": {"BF1", "BF2", "DF"},
     "panel20": set(),
 }
-PRESET_SIZE_CLASSES = {"default": (32, 4), "apoptotic": (32, 2), "synapse": (48, 9), "wbc": (32, 8), "panel20": (32, 6)}
+PRESET_SIZE_CLASSES = {"default": (32, 4), "artefact": (32, 4), "apoptotic": (32, 2), "synapse": (48, 9), "wbc": (32, 8), "panel20": (32, 6)}
 
 
 @pytest.fixture(scope="module")
