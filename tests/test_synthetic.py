@@ -35,7 +35,9 @@ PRESET_STAIN_FREE = {
     "wbc": {"BF1", "BF2", "DF"},
     "panel20": set(),
 }
-PRESET_SIZE_CLASSES = {"default": (32, 4), "artefact": (32, 4), "apoptotic": (32, 2), "synapse": (48, 9), "wbc": (32, 8), "panel20": (32, 6)}
+PRESET_SIZE_CLASSES = {
+    "default": (32, 4), "artefact": (32, 4), "apoptotic": (32, 2), "synapse": (48, 9), "wbc": (32, 8), "panel20": (32, 6),
+}
 
 
 @pytest.fixture(scope="module")
