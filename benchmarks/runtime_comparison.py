@@ -199,11 +199,6 @@ def main(argv=None) -> None:
         out_path.parent.mkdir(parents=True, exist_ok=True)
         out_path.write_text(json.dumps(doc, indent=2) + "\n")
 
-    if "captum" not in args.skip:
-        doc["captum"] = engine_vs_captum(k=args.captum_k, n=args.captum_n, rounds=args.rounds,
-                                         batch_size=args.batch_size)
-        print(json.dumps(doc["captum"]), flush=True)
-        save()
     if "real" not in args.skip:
         from pxpermute.datasets import load_cellcycle
 
@@ -213,6 +208,11 @@ def main(argv=None) -> None:
                        epochs=args.epochs, k=args.k, n_splits=args.n_splits, model=args.model,
                        batch_size=args.batch_size)
         doc["px_vs_loco"].append(r)
+        save()
+    if "captum" not in args.skip:
+        doc["captum"] = engine_vs_captum(k=args.captum_k, n=args.captum_n, rounds=args.rounds,
+                                         batch_size=args.batch_size)
+        print(json.dumps(doc["captum"]), flush=True)
         save()
     if "presets" not in args.skip:
         from pxpermute.datasets.synthetic import make_synthetic
