@@ -50,7 +50,7 @@ from torch.utils.data import (
 )
 
 from ._protocol import SavableResult, ragged_from_bundle, ragged_to_bundle
-from .datasets.base import IFCDataset, resolve_channels
+from .datasets.base import IFCDataset, as_dataset, resolve_channels
 from .models import MODEL_NAMES, PercentileNormalization, build_model, fit_percentile_normalization
 
 __all__ = [
@@ -520,20 +520,7 @@ def make_classifier(
 # train_classifier
 # ---------------------------------------------------------------------------
 def _as_dataset(data: Any) -> IFCDataset:
-    if isinstance(data, IFCDataset):
-        return data
-    if isinstance(data, (tuple, list)) and len(data) == 2:
-        x, y = data
-        if isinstance(x, torch.Tensor):
-            x = x.detach().cpu().numpy()
-        if isinstance(y, torch.Tensor):
-            y = y.detach().cpu().numpy()
-        if not hasattr(x, "shape"):
-            x = np.asarray(x)
-        return IFCDataset(x, y)
-    raise TypeError(
-        f"data must be an IFCDataset or an (images, labels) pair of arrays; got {type(data).__name__}"
-    )
+    return as_dataset(data, what="data")
 
 
 def _check_finite(ds: IFCDataset, indices: np.ndarray) -> None:
