@@ -76,9 +76,6 @@ class ImportanceResult:
     p_values : ndarray (C,) or None
         One-sided bootstrap p-value of H0 "importance <= 0" (see
         :func:`pxpermute.stats.bootstrap_p_values`).
-    rank_stability : ndarray (C,) or None
-        Fraction of bootstrap replicates in which each unit holds its rank (ties,
-        e.g. channels at exactly 0, are broken by column order: prefer the next two).
     pairwise_probabilities : ndarray (C, C) or None
         ``[a, b]``: fraction of bootstrap replicates in which unit a scores above
         unit b (ties count one half).
@@ -423,7 +420,7 @@ class ImportanceResult:
         self.importance = self.importances_median if median else self.importances_mean
         boot: dict[str, Any] = dict.fromkeys(
             ("bootstrap_importances", "bootstrap_drops", "bootstrap_se", "bootstrap_ci_low", "bootstrap_ci_high",
-             "p_values", "rank_stability", "pairwise_probabilities", "rank_low", "rank_high", "class_p_values",
+             "p_values", "pairwise_probabilities", "rank_low", "rank_high", "class_p_values",
              "class_q_values", "class_se", "class_ci_low", "class_ci_high", "baseline_score_ci"))
         if (self.bootstrap_confusion is not None and self.bootstrap_baseline_confusion is not None
                 and self.confusion is not None and self.baseline_confusion is not None and self.drops is not None):
@@ -486,8 +483,70 @@ class ImportanceResult:
         return [self.channel_names[i] for i in self.ranking]
 
     def normalized(self) -> pd.Series:
-        """Importances min-max normalized to [0, 1] (as the paper shows them)."""
-        return pd.Series(_minmax(self.importance, self.importance), index=self.channel_names, name="normalized")
+        """Importances min-max scaled to [0, 1] (as the paper shows them), or NaN when that would mislead.
+
+        Min-max scaling makes the top channel 1.0 whatever its size: for a model
+        that reads only noise the top channel would still show 1.000.  So the
+        scaled values are given only when the top channel's interval (``ci_low``,
+        the interval named by :attr:`ci_label`) lies above 0; otherwise -- and
+        when there is no interval (one repeat without a bootstrap) -- every value
+        is NaN and ``series.attrs["reason"]`` says why.  Read the importances with
+        their intervals instead (:meth:`summary`, :meth:`to_frame`).
+
+        Examples
+        --------
+        >>> noise = ImportanceResult([[0.010, 0.002], [-0.006, 0.001]], channel_names=["BF", "DNA"])
+        >>> noise.normalized().isna().all(), noise.normalized().attrs["reason"][:30]
+        (True, 'the top channel (BF) has an in')
+        """
+        ok, reason = self._normalizable()
+        values = _minmax(self.importance, self.importance) if ok else np.full(len(self.channel_names), np.nan)
+        out = pd.Series(values, index=self.channel_names, name="normalized")
+        if not ok:
+            out.attrs["reason"] = reason
+        return out
+
+    def _normalizable(self) -> tuple[bool, str]:
+        """Whether :meth:`normalized` scales (the top channel's interval lies above 0), and why not."""
+        imp = np.asarray(self.importance, float)
+        if not np.isfinite(imp).any():
+            return False, "no finite importance"
+        top = int(np.nanargmax(imp))
+        lo = float(np.asarray(self.ci_low, float)[top])
+        name = self.channel_names[top]
+        if not np.isfinite(lo):
+            return False, (f"the top channel ({name}) has no interval (one repeat without a bootstrap): "
+                           "min-max scaling would show it as 1.0 whatever its size")
+        if lo <= 0:
+            return False, (f"the top channel ({name}) has an interval that reaches 0 ({self.ci_label}): "
+                           "min-max scaling would show noise as 1.0")
+        return True, ""
+
+    def top_m_probabilities(self, m: int) -> pd.Series:
+        """Bootstrap probability that each channel is among the top ``m`` (ties shared; needs a bootstrap).
+
+        See :func:`pxpermute.inference.top_m_probabilities`.  Covers the test cells
+        and the permutations, not retraining.
+        """
+        if self.bootstrap_importances is None:
+            raise ValueError("this result has no bootstrap replicates (run with n_bootstrap > 0)")
+        from .inference import top_m_probabilities
+
+        return pd.Series(top_m_probabilities(self.bootstrap_importances, m), index=self.channel_names,
+                         name=f"P(top {m})")
+
+    @property
+    def rank_stability(self) -> np.ndarray | None:
+        """Deprecated (see :func:`pxpermute.stats.rank_stability`): use :attr:`pairwise_probabilities`,
+        :meth:`top_m_probabilities` or :attr:`rank_low` / :attr:`rank_high`.  Ties are shared, so two
+        channels tied at exactly 0 get 0.5, not a confident rank."""
+        warnings.warn("ImportanceResult.rank_stability is deprecated: use pairwise_probabilities, "
+                      "top_m_probabilities(m) or rank_low/rank_high", DeprecationWarning, stacklevel=2)
+        if self.bootstrap_importances is None:
+            return None
+        from .stats import _rank_stability
+
+        return _rank_stability(self.bootstrap_importances, self.importance)
 
     def to_frame(self, level: str = "channel") -> pd.DataFrame:
         """Tidy table.
@@ -497,8 +556,7 @@ class ImportanceResult:
         ``perm_ci_low/high`` (permutation interval), normalized, rank; with a
         bootstrap also ``boot_se``, ``boot_ci_low/high``, ``p_value``,
         ``rank_low/high`` (simultaneous rank interval), ``p_above_next``
-        (bootstrap P(this channel above the next one in the ranking)),
-        ``rank_stability``);
+        (bootstrap P(this channel above the next one in the ranking)));
         ``"repeat"``: one row per (repeat, channel); ``"class"``: one row per
         (repeat, channel, class) with baseline, perturbed score and drop;
         ``"per_class"``: one row per (channel, class) with the drop summarized
@@ -539,7 +597,6 @@ class ImportanceResult:
                 for a, b in zip(order[:-1], order[1:]):
                     nxt[a] = self.pairwise_probabilities[a, b]
                 df["p_above_next"] = nxt
-                df["rank_stability"] = self.rank_stability
             df.insert(0, "method", method)
             return df
         if level == "repeat":
@@ -629,52 +686,69 @@ class ImportanceResult:
         table = df.pivot(index="channel", columns="class", values=value)
         return table.loc[self.channel_names, names].rename_axis(index=None, columns=None)
 
-    def summary(self) -> str:
-        """A plain-text table of the ranking with its intervals, each saying what randomness it covers."""
+    def summary(self, width: int = 88) -> str:
+        """A plain-text table of the ranking with its intervals, each saying what randomness it covers.
+
+        Lines are wrapped at ``width`` characters (the table itself is at most
+        about 80 wide for channel names up to 12 characters).
+        """
+        import textwrap
+
         df = self.to_frame().sort_values("rank")
-        lines = [self.title()]
         pct = f"{100 * float(self.info.get('confidence', 0.95)):g}%"
         boot = self.bootstrap_importances is not None
         show_perm = self.ci_kind != "permutation"
-        head = f"{'rank':>4}  {'channel':<14}{'importance':>11}  {pct + ' CI':>21}"
+        cw = max([7] + [len(str(c)) for c in self.channel_names])
+        head = f"{'rank':>4}  {'channel':<{cw}}  {'value':>7}  {pct + ' CI':^18}"
         if boot:
-            head += f"  {'p':>7}  {'P(>next)':>8}  {'rank range':>10}"
-        if show_perm:
-            head += f"  {'permutation CI':>21}"
-        head += f"  {'normalized':>10}"
-        lines.append(head)
+            head += f"  {'p':>6}  {'P(>next)':>8}  {'ranks':>5}"
+        head += f"  {'norm.':>5}"
+        lines = [head]
 
         def fmt(lo: float, hi: float) -> str:
             return f"[{lo:+.4f}, {hi:+.4f}]" if np.isfinite(lo) and np.isfinite(hi) else "n/a"
 
         for _, row in df.iterrows():
-            line = f"{int(row['rank']):>4}  {row.channel:<14}{row.importance:>+11.4f}  {fmt(row.ci_low, row.ci_high):>21}"
+            line = f"{int(row['rank']):>4}  {row.channel:<{cw}}  {row.importance:>+7.4f}  {fmt(row.ci_low, row.ci_high):>18}"
             if boot:
                 nxt = f"{row.p_above_next:.2f}" if np.isfinite(row.p_above_next) else "-"
                 rr = f"{int(row.rank_low)}-{int(row.rank_high)}"
-                line += f"  {row.p_value:>7.4f}  {nxt:>8}  {rr:>10}"
-            if show_perm:
-                line += f"  {fmt(row.perm_ci_low, row.perm_ci_high):>21}"
-            line += f"  {row.normalized:>10.3f}"
+                line += f"  {row.p_value:>6.3f}  {nxt:>8}  {rr:>5}"
+            norm = f"{row.normalized:.2f}" if np.isfinite(row.normalized) else "n/a"
+            line += f"  {norm:>5}"
             lines.append(line)
-        lines.append(f"CI: {self.ci_label}.")
+        notes = [f"value: the {'median' if self.info.get('aggregate') == 'median' else 'mean'} drop in "
+                 f"{self.info.get('metric', 'the metric')} when the channel is perturbed.",
+                 f"CI: {self.ci_label}."]
         if boot:
-            lines.append("p: one-sided bootstrap test of H0 'importance <= 0' (replicates at or below 0 over all "
-                         "replicates); P(>next): share of replicates in which the channel scores above the next one; "
-                         "rank range: simultaneous 95% bootstrap rank interval.")
-        lines.append("permutation CI: the k repeats' Monte Carlo noise only (how precisely k measured the importance "
-                     "on these cells for this model)." if show_perm or self.ci_kind == "permutation" else "")
+            notes.append(f"p: one-sided bootstrap p-value of H0 'the importance on test cells drawn like these, "
+                         f"for this trained model, is <= 0' against > 0 (share of the {self.n_bootstrap} "
+                         "replicates at or below 0, +1 in numerator and denominator; not adjusted for the "
+                         f"{len(self.channel_names)} channels). P(>next): share of replicates in which the "
+                         f"channel scores above the next one (ties count 1/2). ranks: simultaneous {pct} "
+                         "bootstrap rank interval (1 = most important).")
+        if show_perm:
+            perm = "; ".join(f"{row.channel} {fmt(row.perm_ci_low, row.perm_ci_high)}" for _, row in df.iterrows())
+            notes.append(f"permutation (Monte Carlo) {pct} CI, the k repeats' noise only: {perm}.")
+        elif self.ci_kind == "permutation":
+            notes.append("The permutation interval covers only how precisely the k repeats measured the importance "
+                         "on these cells for this model (run with n_bootstrap > 0 for an interval over test cells).")
         if self.folds is not None:
-            lines.append(f"pooled over {self.n_folds} {self.fold_name}s ({', '.join(map(str, self.fold_keys))}); "
+            notes.append(f"pooled over {self.n_folds} {self.fold_name}s ({', '.join(map(str, self.fold_keys))}); "
                          f"see to_frame('fold').")
-        lines.append(f"Coverage: {self.coverage_note}")
-        lines.append("normalized: min-max scaled (the top channel is 1.0 even if every channel is noise); "
-                     "an interval containing 0 is absence of evidence, not evidence that a channel is unused.")
+        notes.append(f"Coverage: {self.coverage_note}")
+        ok, reason = self._normalizable()
+        notes.append("norm.: min-max scaled importance (shown only when the top channel's interval lies above 0)."
+                     if ok else f"norm.: n/a -- {reason}.")
+        notes.append("An interval that contains 0 is absence of evidence, not evidence that a channel is unused.")
         zero = self.info.get("unchanged_under_pixel_permutation")
         if zero:
-            lines.append(f"Exactly 0 under pixel permutation: {', '.join(zero)} (ignored by the model, or read only "
+            notes.append(f"Exactly 0 under pixel permutation: {', '.join(zero)} (ignored by the model, or read only "
                          "through their intensity histogram; try perturbation='sample').")
-        return "\n".join(line for line in lines if line)
+        out = textwrap.wrap(self.title(), width, subsequent_indent="  ", break_on_hyphens=False) + lines
+        for note in notes:
+            out += textwrap.wrap(note, width, subsequent_indent="  ", break_on_hyphens=False)
+        return "\n".join(out)
 
     def title(self) -> str:
         i = self.info

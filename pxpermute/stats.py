@@ -350,36 +350,79 @@ def bootstrap_p_values(replicates: np.ndarray) -> np.ndarray:
     return (1.0 + at_most_zero) / (B + 1.0)
 
 
-def _ranks(values: np.ndarray) -> np.ndarray:
-    """Rank (0 = most important) of each column per row, ties in column order."""
-    v = np.round(np.nan_to_num(np.asarray(values, float), nan=-np.inf), 12)
-    order = np.argsort(-v, axis=-1, kind="stable")
-    return np.argsort(order, axis=-1, kind="stable")
+def _rank_shares(values: np.ndarray, tol: float = ZERO_TOL) -> np.ndarray:
+    """``S[..., u, j]``: share of rank j (0 = top) held by unit u, ties shared equally.
+
+    A unit tied (within ``tol``) with others holds each rank of the tied block
+    with the same share, so shares sum to 1 per unit and per rank and no order
+    is made up from column order.  NaN counts as the lowest value.
+    """
+    v = np.nan_to_num(np.asarray(values, float), nan=-np.inf)
+    U = v.shape[-1]
+    a, b = v[..., None, :], v[..., :, None]  # [..., u, w]: a = value of w, b = value of u
+    with np.errstate(invalid="ignore"):
+        above = np.sum(a > b + tol, axis=-1)  # units clearly above u
+        tied = np.sum((np.abs(a - b) <= tol) | (a == b), axis=-1)  # including u (and -inf == -inf)
+    j = np.arange(U)
+    first, last = above[..., None], (above + tied)[..., None]  # u's tied block of ranks [first, last)
+    return ((j >= first) & (j < last)) / tied[..., None]
 
 
 def rank_probabilities(replicates: np.ndarray) -> np.ndarray:
-    """``P[u, j]``: fraction of bootstrap replicates (rows) in which unit u holds rank j (0 = top)."""
-    reps = np.atleast_2d(np.asarray(replicates, float))
-    ranks = _ranks(reps)  # (B, U)
-    U = reps.shape[1]
-    P = np.zeros((U, U))
-    for j in range(U):
-        P[:, j] = np.mean(ranks == j, axis=0)
-    return P
+    """``P[u, j]``: share of bootstrap replicates (rows) in which unit u holds rank j (0 = top), ties shared.
 
-
-def rank_stability(replicates: np.ndarray, point: np.ndarray) -> np.ndarray:
-    """Probability that each unit holds its rank: fraction of replicates ranking it where ``point`` does.
+    Units tied in a replicate (e.g. two ignored channels, both exactly 0)
+    share the ranks of their tied block equally, so two always-tied units get
+    0.5 for each of their two ranks -- never a confident rank from column
+    order.  Rows and columns of ``P`` sum to 1.  For conclusions about an order
+    prefer :func:`pxpermute.inference.pairwise_probabilities`,
+    :func:`~pxpermute.inference.top_m_probabilities` and
+    :func:`~pxpermute.inference.rank_intervals`.
 
     Examples
     --------
-    >>> reps = np.array([[3.0, 2.0, 0.0], [2.0, 3.0, 0.0], [3.0, 1.0, 0.0], [3.0, 2.5, 0.0]])
-    >>> rank_stability(reps, np.array([3.0, 2.0, 0.0]))
-    array([0.75, 0.75, 1.  ])
+    >>> rank_probabilities(np.array([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]])).tolist()
+    [[1.0, 0.0, 0.0], [0.0, 0.5, 0.5], [0.0, 0.5, 0.5]]
     """
     reps = np.atleast_2d(np.asarray(replicates, float))
-    point_rank = _ranks(np.asarray(point, float)[None, :])[0]
-    return np.mean(_ranks(reps) == point_rank[None, :], axis=0)
+    return _rank_shares(reps).mean(axis=0)
+
+
+def rank_stability(replicates: np.ndarray, point: np.ndarray) -> np.ndarray:
+    """Deprecated: share of replicates ranking each unit where ``point`` does, ties shared.
+
+    Kept for old code.  It no longer breaks ties by column order: two channels
+    tied at exactly 0 in every replicate get 0.5, not 1.0.  A "probability of
+    holding its rank" answers no question a reader asks; use
+    :func:`pxpermute.inference.pairwise_probabilities` (P(a above b)),
+    :func:`~pxpermute.inference.top_m_probabilities` (P(in the top m)) or
+    :func:`~pxpermute.inference.rank_intervals` (simultaneous rank intervals);
+    on a result: ``pairwise_probabilities``, ``top_m_probabilities(m)``,
+    ``rank_low`` / ``rank_high``.
+
+    Examples
+    --------
+    >>> import warnings
+    >>> reps = np.array([[3.0, 0.0, 0.0], [3.0, 0.0, 0.0]])
+    >>> with warnings.catch_warnings():
+    ...     warnings.simplefilter("ignore", DeprecationWarning)
+    ...     rank_stability(reps, np.array([3.0, 0.0, 0.0])).tolist()
+    [1.0, 0.5, 0.5]
+    """
+    import warnings
+
+    warnings.warn("rank_stability is deprecated: use pxpermute.inference.pairwise_probabilities, "
+                  "top_m_probabilities or rank_intervals (on a result: pairwise_probabilities, "
+                  "top_m_probabilities(m), rank_low/rank_high)", DeprecationWarning, stacklevel=2)
+    return _rank_stability(replicates, point)
+
+
+def _rank_stability(replicates: np.ndarray, point: np.ndarray) -> np.ndarray:
+    reps = np.atleast_2d(np.asarray(replicates, float))
+    pt = np.asarray(point, float)
+    point_rank = np.argsort(np.argsort(-np.nan_to_num(pt, nan=-np.inf), kind="stable"), kind="stable")
+    shares = _rank_shares(reps)  # (B, U, U)
+    return shares[:, np.arange(len(pt)), point_rank].mean(axis=0)
 
 
 # -----------------------------------------------------------------------------
@@ -509,8 +552,7 @@ def bootstrap_summary(result: Any, confidence: float = 0.95) -> dict[str, Any]:
 
     Returns a dict with ``bootstrap_importances`` (B, U), ``bootstrap_drops``
     (B, U, K'), ``bootstrap_se``, ``bootstrap_ci_low``, ``bootstrap_ci_high``,
-    ``p_values``, ``rank_stability`` (U,; ties broken by column order -- prefer
-    the next two), ``pairwise_probabilities`` (U, U; P(a above b), ties count
+    ``p_values``, ``pairwise_probabilities`` (U, U; P(a above b), ties count
     one half, :func:`pxpermute.inference.pairwise_probabilities`), ``rank_low``,
     ``rank_high`` (U,; simultaneous rank intervals, 1 = top,
     :func:`pxpermute.inference.rank_intervals`), the per-class ``class_p_values``,
@@ -560,7 +602,6 @@ def bootstrap_summary(result: Any, confidence: float = 0.95) -> dict[str, Any]:
         "bootstrap_ci_low": lo,
         "bootstrap_ci_high": hi,
         "p_values": bootstrap_p_values(imp),
-        "rank_stability": rank_stability(imp, result.importance),
         "pairwise_probabilities": pairwise_probabilities(imp),
         "rank_low": r_low,
         "rank_high": r_high,

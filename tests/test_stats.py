@@ -165,9 +165,10 @@ def test_ignored_channel_not_significant_informative_channel_tiny_p():
     assert p["ramp"] == pytest.approx(1 / 1000)  # every replicate > 0: the smallest attainable p
     assert p["noise"] == 1.0  # the model ignores it: every replicate exactly 0
     assert p["label"] == 1.0  # used only through its mean intensity, which pixel permutation keeps
-    assert res.rank_stability[res.channel_names.index("ramp")] == 1.0
+    assert res.rank_low[res.channel_names.index("ramp")] == 1 == res.rank_high[res.channel_names.index("ramp")]
     df = res.to_frame()
-    for col in ("sem", "boot_se", "boot_ci_low", "boot_ci_high", "p_value", "rank_stability"):
+    assert "rank_stability" not in df.columns  # replaced by P(>next), rank intervals and P(top m)
+    for col in ("sem", "boot_se", "boot_ci_low", "boot_ci_high", "p_value", "p_above_next", "rank_low"):
         assert col in df.columns
     assert df.set_index("channel").loc["noise", "p_value"] == 1.0
     assert "bootstrap over test cells" in res.summary() and "P(>next)" in res.summary()
@@ -289,7 +290,8 @@ def test_bootstrap_replicates_are_centred_on_the_reported_importance():
 
 def test_rank_summaries_from_replicates():
     reps = np.array([[3.0, 2.0, 0.0], [2.0, 3.0, 0.0], [3.0, 1.0, 0.0], [3.0, 2.5, 0.0]])
-    np.testing.assert_allclose(rank_stability(reps, np.array([3.0, 2.0, 0.0])), [0.75, 0.75, 1.0])
+    with pytest.warns(DeprecationWarning, match="pairwise_probabilities"):
+        np.testing.assert_allclose(rank_stability(reps, np.array([3.0, 2.0, 0.0])), [0.75, 0.75, 1.0])
     P = rank_probabilities(reps)
     np.testing.assert_allclose(P.sum(0), 1) and np.testing.assert_allclose(P.sum(1), 1)
     np.testing.assert_allclose(P[0], [0.75, 0.25, 0.0])
@@ -439,3 +441,44 @@ def test_docstring_examples_run():
     for mod in (pxpermute.stats, pxpermute.importance):
         out = doctest.testmod(mod, optionflags=doctest.NORMALIZE_WHITESPACE)
         assert out.attempted > 0 and out.failed == 0, mod.__name__
+
+
+def test_ties_at_zero_get_no_confident_rank():
+    """Two channels tied at exactly 0 in every replicate: no order is made up from column order."""
+    reps = np.column_stack([np.linspace(0.2, 0.3, 50), np.zeros(50), np.zeros(50), np.zeros(50)])
+    P = rank_probabilities(reps)
+    np.testing.assert_allclose(P[1:, 1:], 1 / 3)
+    np.testing.assert_allclose(P.sum(0), 1) and np.testing.assert_allclose(P.sum(1), 1)
+    with pytest.warns(DeprecationWarning):
+        stab = rank_stability(reps, reps.mean(0))
+    np.testing.assert_allclose(stab, [1.0, 1 / 3, 1 / 3, 1 / 3])
+    from pxpermute.inference import pairwise_probabilities, rank_intervals, top_m_probabilities
+
+    assert pairwise_probabilities(reps)[1, 2] == 0.5
+    np.testing.assert_allclose(top_m_probabilities(reps, 2), [1.0, 1 / 3, 1 / 3, 1 / 3])
+    best, worst = rank_intervals(reps, reps.mean(0))
+    assert best.tolist() == [1, 2, 2, 2] and worst.tolist() == [1, 4, 4, 4]
+    # on a result: the deprecated attribute warns and shares the ties
+    X, y, _, K = ramp_task(n=120)
+    res = channel_importance(RampModel(), (X, y), channel_names=["ramp", "label", "noise"], n_repeats=2,
+                             n_bootstrap=99, **FAST)
+    with pytest.warns(DeprecationWarning):
+        assert res.rank_stability.tolist()[1:] == [0.5, 0.5]
+    assert res.top_m_probabilities(2).tolist() == [1.0, 0.5, 0.5]
+
+
+def test_normalized_cannot_turn_noise_into_one():
+    """Min-max scaling is given only when the top channel's interval lies above 0; noise gives NaN."""
+    from pxpermute import ImportanceResult
+
+    rng = np.random.default_rng(1)
+    noise = ImportanceResult(rng.normal(0, 0.01, (30, 3)), channel_names=["a", "b", "c"])
+    assert noise.ci_low[np.argmax(noise.importance)] <= 0
+    norm = noise.normalized()
+    assert norm.isna().all() and "reaches 0" in norm.attrs["reason"]
+    assert noise.to_frame()["normalized"].isna().all() and "norm.: n/a" in noise.summary()
+    signal = ImportanceResult(np.column_stack([rng.normal(0.3, 0.01, 30), rng.normal(0.1, 0.01, 30),
+                                               rng.normal(0, 0.01, 30)]), channel_names=["a", "b", "c"])
+    assert signal.normalized()["a"] == 1.0 and np.nanmin(signal.normalized()) == 0.0
+    one_repeat = ImportanceResult([[0.3, 0.1]], channel_names=["a", "b"])  # no interval at all
+    assert one_repeat.normalized().isna().all() and "no interval" in one_repeat.normalized().attrs["reason"]
