@@ -86,7 +86,7 @@ def test_channel_last_file_is_transposed_and_padded(tmp_path):
 
 
 def test_string_labels_map_to_sorted_class_names(tmp_path):
-    x = np.zeros((4, 1, 4, 4), np.float32)
+    x = np.arange(4, dtype=np.float32)[:, None, None, None] * np.ones((4, 1, 4, 4), np.float32)  # 4 distinct cells
     path = write_hdf5_dataset(tmp_path / "s.h5", x, ["T", "B", "T", "NK"])
     ds = load_hdf5_dataset(path)
     assert ds.class_names == ["B", "NK", "T"]
@@ -261,6 +261,7 @@ class _GeneratedImages:
         block = np.empty((stop - start, *self.shape[1:]), np.float32)
         block[:] = (np.arange(start, stop, dtype=np.float32) % 7)[:, None, None, None]
         block[:, 0, :4, :4] += 1.0
+        block[:, 1, 0, 0] = np.arange(start, stop)  # every image distinct (the loader drops exact duplicates)
         return block
 
 
@@ -331,3 +332,86 @@ def test_streaming_a_file_larger_than_the_memory_budget(tmp_path):
     assert res.channel_names == ["BF", "FL"]
     assert np.all(np.isfinite(res.importances_mean))
     assert mem.growth_mb < 100, f"peak RSS grew by {mem.growth_mb:.0f} MB while streaming a {n * 32 / 1024:.0f} MB file"
+
+
+# -- exact duplicates: dropped by default, as by the in-memory loaders ------------------------------------------
+def _with_duplicates():
+    """8 distinct cells, then copies of cells 2 and 5 (rows 8, 9) and a second copy of 2 (row 10)."""
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 1000, (8, 2, 6, 6)).astype(np.uint16)
+    x = np.concatenate([x, x[[2, 5, 2]]])
+    y = np.array([0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0])
+    return x, y
+
+
+def test_load_hdf5_dataset_drops_exact_duplicates_and_stays_lazy(tmp_path):
+    from pxpermute.datasets._dedup import duplicate_mask
+
+    x, y = _with_duplicates()
+    path = write_hdf5_dataset(tmp_path / "d.h5", x, y)
+    ds = load_hdf5_dataset(path)
+    assert ds.is_lazy and isinstance(ds.images, LazyHDF5Array)
+    assert len(ds) == 8 and ds.provenance["duplicates_dropped"] == 3
+    assert ds.provenance["duplicate_rows"] == [8, 9, 10]
+    np.testing.assert_array_equal(ds.as_arrays()[0], x[:8])
+    np.testing.assert_array_equal(ds.labels, y[:8])
+    # the same rule as the in-memory loaders (first copy kept)
+    np.testing.assert_array_equal(duplicate_mask(x), np.arange(11) >= 8)
+    kept = load_hdf5_dataset(path, drop_duplicates=False)
+    assert len(kept) == 11 and kept.provenance["duplicates_dropped"] is None
+    np.testing.assert_array_equal(kept.as_arrays()[0], x)
+    with pytest.raises(TypeError, match="drop_duplicates"):
+        load_hdf5_dataset(path, drop_duplicates="yes")
+
+
+def test_duplicates_are_compared_after_padding_and_in_nhwc_files(tmp_path):
+    x, y = _with_duplicates()
+    path = write_hdf5_dataset(tmp_path / "d.h5", np.moveaxis(x, 1, -1), y, layout="NHWC")
+    ds = load_hdf5_dataset(path, size=8)
+    assert len(ds) == 8 and ds.image_shape == (2, 8, 8)
+    np.testing.assert_array_equal(ds.as_arrays()[0], pad_or_crop(x[:8], 8))
+
+
+def test_no_duplicates_leaves_the_file_view_untouched(tmp_path):
+    x, y = _with_duplicates()
+    path = write_hdf5_dataset(tmp_path / "d.h5", x[:8], y[:8])
+    ds = load_hdf5_dataset(path)
+    assert ds.provenance["duplicates_dropped"] == 0 and ds.images.rows is None
+
+
+def test_row_views_read_the_right_rows(tmp_path):
+    x, y = _with_duplicates()
+    path = write_hdf5_dataset(tmp_path / "d.h5", x, y)
+    arr = LazyHDF5Array(path)
+    view = arr.take([10, 3, 0, 7])
+    assert view.shape == (4, 2, 6, 6) and len(view) == 4
+    np.testing.assert_array_equal(view[:], x[[10, 3, 0, 7]])
+    np.testing.assert_array_equal(view[1], x[3])
+    np.testing.assert_array_equal(view[[2, 0]], x[[0, 10]])
+    np.testing.assert_array_equal(view[1:3], x[[3, 0]])
+    np.testing.assert_array_equal(view.take([3, 0])[:], x[[7, 10]])  # a view of a view
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(view))[:], x[[10, 3, 0, 7]])
+    with pytest.raises(IndexError):
+        view[4]
+    with pytest.raises(IndexError):
+        LazyHDF5Array(path, rows=[0, 11])
+
+
+def test_drop_duplicate_cells_on_per_cell_files_and_in_memory(tmp_path):
+    from pxpermute.datasets.hdf5 import drop_duplicate_cells
+
+    x, y = _with_duplicates()
+    files = []
+    for i, img in enumerate(x):
+        f = tmp_path / f"cell_{i}.h5"
+        with h5py.File(f, "w") as fh:
+            fh["image"] = np.moveaxis(img, 0, -1)
+        files.append(f)
+    lazy = IFCDataset(HDF5CellFiles(files, size=6, pad_mode="constant"), y)
+    out = drop_duplicate_cells(lazy, block_bytes=2 * 2 * 6 * 6 * 4)  # 2 cells per block: duplicates across blocks
+    assert isinstance(out.images, HDF5CellFiles) and len(out) == 8
+    assert out.images.files == [str(f) for f in files[:8]] and out.provenance["duplicates_dropped"] == 3
+    mem = drop_duplicate_cells(IFCDataset(x.astype(np.float32), y))
+    assert not mem.is_lazy and len(mem) == 8 and mem.provenance["duplicates_dropped"] == 3
+    np.testing.assert_array_equal(mem.images, x[:8])
+    np.testing.assert_array_equal(out.as_arrays()[0], mem.images)

@@ -16,13 +16,18 @@ import numpy as np
 __all__ = ["duplicate_mask"]
 
 
-def duplicate_mask(images: np.ndarray) -> np.ndarray:
+def duplicate_mask(images, *, block_size: int = 256) -> np.ndarray:
     """``True`` for every cell that repeats an earlier cell byte for byte.
 
     Parameters
     ----------
-    images : array, shape (N, ...)
-        One entry per cell (any dtype; compared exactly).
+    images : array-like, shape (N, ...)
+        One entry per cell (any dtype; compared exactly): a NumPy array or a lazy
+        array (:class:`~pxpermute.datasets.LazyHDF5Array`,
+        :class:`~pxpermute.datasets.HDF5CellFiles`), read ``block_size`` cells at a
+        time so memory stays bounded by one block.
+    block_size : int, default 256
+        Cells read per block.
 
     Returns
     -------
@@ -35,13 +40,18 @@ def duplicate_mask(images: np.ndarray) -> np.ndarray:
     >>> duplicate_mask(x).tolist()
     [False, False, False, True]
     """
-    images = np.asarray(images)
+    if isinstance(images, (list, tuple)):
+        images = np.asarray(images)
+    n = len(images)
     seen: set[bytes] = set()
-    out = np.zeros(len(images), bool)
-    for i, cell in enumerate(images):
-        key = hashlib.blake2b(np.ascontiguousarray(cell).tobytes(), digest_size=16).digest()
-        if key in seen:
-            out[i] = True
-        else:
-            seen.add(key)
+    out = np.zeros(n, bool)
+    step = max(1, int(block_size))
+    for start in range(0, n, step):
+        block = np.asarray(images[start:min(n, start + step)])
+        for j, cell in enumerate(block):
+            key = hashlib.blake2b(np.ascontiguousarray(cell).tobytes(), digest_size=16).digest()
+            if key in seen:
+                out[start + j] = True
+            else:
+                seen.add(key)
     return out

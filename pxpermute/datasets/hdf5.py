@@ -21,6 +21,15 @@ is bounded by the batch being read, not by the file size.
 larger than memory) and :func:`load_hdf5_dataset` opens one as a lazy
 ``IFCDataset``, reading channel/class names stored as attributes.
 
+Exact duplicate cells (byte-identical in every channel) are dropped by
+:func:`load_hdf5_dataset` by default (``drop_duplicates=True``), as by the
+in-memory loaders (:func:`~pxpermute.datasets.cellcycle.load_cellcycle`): a copy
+of one cell in a training fold and a test fold inflates the test score.  Finding
+them costs one pass over the file (read in blocks, so memory stays bounded); the
+data set stays lazy (a row view of the file, :meth:`LazyHDF5Array.take`) and the
+count is in ``provenance["duplicates_dropped"]``.  :func:`drop_duplicate_cells`
+does the same for any data set, e.g. one built on :class:`HDF5CellFiles`.
+
 Normalization (1st/99th percentile, fitted on training data) is deliberately
 *not* done here: :func:`pxpermute.models.fit_percentile_normalization` fits it on the
 training split (see :mod:`pxpermute.training`) and it is applied as the
@@ -36,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from ._dedup import duplicate_mask
 from ._download import DataIntegrityError
 from .base import IFCDataset
 
@@ -46,6 +56,7 @@ __all__ = [
     "write_hdf5_dataset",
     "load_hdf5_dataset",
     "open_hdf5",
+    "drop_duplicate_cells",
 ]
 
 _PAD_MODES = ("constant", "mean", "edge")
@@ -242,6 +253,9 @@ class LazyHDF5Array:
     dtype : numpy dtype, optional
         Cast read blocks to this dtype (default: the on-disk dtype, or float32
         with ``pad_mode="mean"``).
+    rows : sequence of int, optional
+        Expose only these rows of the file, in this order (a lazy view; default
+        all rows).  :meth:`take` builds such views.
 
     Notes
     -----
@@ -269,6 +283,7 @@ class LazyHDF5Array:
         pad_mode: str = "constant",
         pad_value: float = 0.0,
         dtype: Any = None,
+        rows: Sequence[int] | None = None,
     ) -> None:
         if channel_axis not in (1, 3, -1):
             raise ValueError(f"channel_axis must be 1 (N,C,H,W) or 3/-1 (N,H,W,C), got {channel_axis}")
@@ -295,6 +310,13 @@ class LazyHDF5Array:
         if not np.issubdtype(self.disk_dtype, np.number):
             raise TypeError(f"{self.path}:{key} must hold numbers, got dtype {self.disk_dtype}")
         n = self.disk_shape[0]
+        self.rows: np.ndarray | None = None
+        if rows is not None:
+            sel = np.asarray(rows, dtype=np.int64).reshape(-1)
+            if sel.size and (sel.min() < 0 or sel.max() >= n):
+                raise IndexError(f"rows must lie in [0, {n}) for {self.path}:{key}, got [{sel.min()}, {sel.max()}]")
+            self.rows = sel
+            n = int(sel.size)
         if self.channel_axis == 1:
             c, h, w = self.disk_shape[1:]
         else:
@@ -355,6 +377,10 @@ class LazyHDF5Array:
         if isinstance(key, tuple):
             key, rest = key[0], key[1:]
         rows, squeeze = _normalize_rows(key, self.shape[0])
+        if self.rows is not None:  # a row view: translate to rows of the file
+            rows = self.rows[rows]
+            if isinstance(rows, np.integer):
+                rows = int(rows)
         ds = self._dataset()
         if isinstance(rows, int):
             block = ds[rows : rows + 1]
@@ -373,10 +399,29 @@ class LazyHDF5Array:
         out = self[:]
         return out.astype(dtype) if dtype is not None else out
 
+    def take(self, indices: Sequence[int]) -> LazyHDF5Array:
+        """A lazy view of rows ``indices`` (of this array, not of the file); nothing is read.
+
+        Examples
+        --------
+        >>> import numpy as np, tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "cells.h5")
+        >>> _ = write_hdf5_dataset(path, np.arange(5)[:, None, None, None] * np.ones((5, 1, 2, 2)), np.zeros(5, int))
+        >>> LazyHDF5Array(path).take([4, 0])[:, 0, 0, 0].tolist()
+        [4.0, 0.0]
+        """
+        idx, _ = _normalize_rows(np.asarray(indices, dtype=np.int64).reshape(-1), self.shape[0])
+        file_rows = idx if self.rows is None else self.rows[idx]
+        out = LazyHDF5Array.__new__(LazyHDF5Array)
+        out.__dict__.update(self.__getstate__())
+        out.rows = np.asarray(file_rows, dtype=np.int64)
+        out.shape = (int(out.rows.size), *self.shape[1:])
+        return out
+
     def __repr__(self) -> str:
         return (
             f"LazyHDF5Array({str(self.path)!r}, key={self.key!r}, shape={self.shape}, dtype={self.dtype}, "
-            f"disk_shape={self.disk_shape})"
+            f"disk_shape={self.disk_shape}" + (f", {self.shape[0]} of its rows" if self.rows is not None else "") + ")"
         )
 
 
@@ -485,6 +530,15 @@ class HDF5CellFiles:
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         out = self[:]
         return out.astype(dtype) if dtype is not None else out
+
+    def take(self, indices: Sequence[int]) -> HDF5CellFiles:
+        """The same reader over the files of cells ``indices`` (lazy; nothing is read)."""
+        idx, _ = _normalize_rows(np.asarray(indices, dtype=np.int64).reshape(-1), self.shape[0])
+        out = HDF5CellFiles.__new__(HDF5CellFiles)
+        out.__dict__.update(self.__dict__)
+        out.files = [self.files[int(i)] for i in idx]
+        out.shape = (len(out.files), *self.shape[1:])
+        return out
 
     def __repr__(self) -> str:
         return f"HDF5CellFiles({len(self.files)} files, shape={self.shape}, pad_mode={self.pad_mode!r})"
@@ -679,6 +733,7 @@ def load_hdf5_dataset(
     name: str | None = None,
     provenance: Mapping[str, Any] | None = None,
     expected_channels: int | None = None,
+    drop_duplicates: bool = True,
 ) -> IFCDataset:
     """Open an HDF5 image file as a lazy :class:`IFCDataset` (images stay on disk).
 
@@ -704,11 +759,18 @@ def load_hdf5_dataset(
         Metadata for the returned dataset.
     expected_channels : int, optional
         Fail with a clear error unless the images have this many channels.
+    drop_duplicates : bool, default True
+        Drop cells that repeat an earlier cell byte for byte (images as read, all
+        channels), keeping the first copy, as the in-memory loaders do.  Costs one
+        pass over the file (in blocks); ``False`` skips it.  The number dropped
+        goes to ``provenance["duplicates_dropped"]`` (0 when none; ``None`` when
+        not checked) and their file rows to ``provenance["duplicate_rows"]``.
 
     Returns
     -------
     IFCDataset
-        With a :class:`LazyHDF5Array` as ``images``.
+        With a :class:`LazyHDF5Array` as ``images`` (a row view of the file when
+        duplicates were dropped).
 
     Examples
     --------
@@ -751,10 +813,21 @@ def load_hdf5_dataset(
         if raw_labels.size and (raw_labels.min() < 0 or raw_labels.max() >= len(file_classes)):
             raise ValueError(f"{path}:{labels_key} holds labels outside the file's {len(file_classes)} class names")
         raw_labels = np.array([file_classes[i] for i in raw_labels], dtype=object)
+    if not isinstance(drop_duplicates, bool):
+        raise TypeError(f"drop_duplicates must be True or False, got {drop_duplicates!r}")
     labels, names = _encode_labels(raw_labels, class_names if class_names is not None else file_classes)
     images = LazyHDF5Array(path, images_key, channel_axis=channel_axis, size=size, pad_mode=pad_mode, pad_value=pad_value)
     prov = {"path": str(path)}
     prov.update(provenance or {})
+    prov["duplicates_dropped"] = None
+    if drop_duplicates:
+        dup = duplicate_mask(images, block_size=_block_rows(images))
+        prov["duplicates_dropped"] = int(dup.sum())
+        prov["duplicate_rows"] = np.flatnonzero(dup).tolist()
+        if dup.any():
+            keep = np.flatnonzero(~dup)
+            images = images.take(keep)
+            labels = labels[keep]
     return IFCDataset(
         images,
         labels,
@@ -765,3 +838,44 @@ def load_hdf5_dataset(
         name=name or Path(path).stem,
     )
 
+
+
+def _block_rows(images: Any, block_bytes: int = 64 << 20) -> int:
+    """Cells per block so that one block of ``images`` is about ``block_bytes``."""
+    per_cell = int(np.prod(images.shape[1:])) * np.dtype(getattr(images, "dtype", np.float32)).itemsize
+    return max(1, block_bytes // max(per_cell, 1))
+
+
+def drop_duplicate_cells(dataset: IFCDataset, *, block_bytes: int = 64 << 20) -> IFCDataset:
+    """``dataset`` without cells that repeat an earlier cell byte for byte (first copy kept).
+
+    The same rule as the loaders' ``drop_duplicates=True`` (:func:`load_hdf5_dataset`,
+    :func:`~pxpermute.datasets.cellcycle.load_cellcycle`).  Lazy images
+    (:class:`LazyHDF5Array`, :class:`HDF5CellFiles`) are read once in blocks of about
+    ``block_bytes`` and stay lazy (a view of the kept cells); in-memory images are indexed.
+    ``provenance["duplicates_dropped"]`` gets the count (added to an earlier count, if any).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from pxpermute.datasets import IFCDataset
+    >>> x = np.arange(4 * 2 * 2 * 2, dtype=np.float32).reshape(4, 2, 2, 2); x[3] = x[0]
+    >>> ds = drop_duplicate_cells(IFCDataset(x, np.array([0, 1, 0, 0])))
+    >>> len(ds), ds.provenance["duplicates_dropped"]
+    (3, 1)
+    """
+    if not isinstance(dataset, IFCDataset):
+        raise TypeError(f"dataset must be an IFCDataset, got {type(dataset).__name__}")
+    images = dataset.images
+    dup = duplicate_mask(images, block_size=_block_rows(images, block_bytes))
+    prov = dict(dataset.provenance or {})
+    prov["duplicates_dropped"] = int(prov.get("duplicates_dropped") or 0) + int(dup.sum())
+    if not dup.any():
+        return dataset._replace(images, dataset.labels, provenance=prov)
+    keep = np.flatnonzero(~dup)
+    if isinstance(images, (LazyHDF5Array, HDF5CellFiles)):
+        return dataset._replace(images.take(keep), dataset.labels[keep], provenance=prov)
+    if dataset.is_lazy:  # another lazy back end: read the kept cells into memory
+        sub = dataset.subset(keep)
+        return sub._replace(sub.images, sub.labels, provenance=prov)
+    return dataset._replace(np.asarray(images)[keep], dataset.labels[keep], provenance=prov)
