@@ -49,75 +49,51 @@ class _Parser(argparse.ArgumentParser):
 # ---------------------------------------------------------------------------------------------
 # option types: each rejects a bad value with a message saying what was expected
 # ---------------------------------------------------------------------------------------------
+def _parse(text: str, cast: Any, expected: str, ok: Any = None, why: str = "") -> Any:
+    """``cast(text)``, checked by ``ok``; a bad value raises saying what was ``expected`` (the one parsing rule)."""
+    try:
+        v = cast(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+    if ok is not None and not ok(v):
+        raise argparse.ArgumentTypeError(f"{why or 'expected ' + expected}, got {text}")
+    return v
+
+
 def _int_at_least(lo: int):
     def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {lo}, got {text!r}") from None
-        if v < lo:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {lo}, got {v}")
-        return v
+        return _parse(text, int, f"an integer >= {lo}", lambda v: v >= lo)
 
     parse.__name__ = f"int>={lo}"
     return parse
 
 
 def _float_in(lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False):
+    rng = f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+
     def parse(text: str) -> float:
-        try:
-            v = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        ok = np.isfinite(v) and (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
-        if not ok:
-            rng = f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
-            raise argparse.ArgumentTypeError(f"expected a number in {rng}, got {text}")
-        return v
+        return _parse(text, float, "a number", lambda v: bool(np.isfinite(v) and (v > lo if lo_open else v >= lo)
+                                                             and (v < hi if hi_open else v <= hi)),
+                      f"expected a number in {rng}")
 
     parse.__name__ = "number"
     return parse
 
 
 def _finite_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not np.isfinite(v):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text} (NaN/inf would make every "
-                                         "channel look the same)")
-    return v
+    return _parse(text, float, "a number", np.isfinite,
+                  "expected a finite number (NaN/inf would make every channel look the same)")
 
 
 def _batch_size(text: str) -> int | str:
-    if text == "auto":
-        return "auto"
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {v}")
-    return v
+    return "auto" if text == "auto" else _parse(text, int, "a positive integer or 'auto'", lambda v: v >= 1)
 
 
 def _max_samples(text: str) -> int | float:
+    expected = "a fraction in (0, 1] or a count >= 1"
     if any(ch in text for ch in ".eE"):
-        try:
-            v = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1] or a count >= 1, got {text!r}") from None
-        if not 0 < v <= 1:
-            raise argparse.ArgumentTypeError(f"a fraction must lie in (0, 1], got {text}")
-        return v
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1] or a count >= 1, got {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"a count must be >= 1, got {n}")
-    return n
+        return _parse(text, float, expected, lambda v: 0 < v <= 1, "a fraction must lie in (0, 1]")
+    return _parse(text, int, expected, lambda v: v >= 1, "a count must be >= 1")
 
 
 def _name_list(text: str) -> list[str]:
@@ -145,6 +121,18 @@ def _group(text: str) -> tuple[str | None, list[str | int]]:
 # ---------------------------------------------------------------------------------------------
 # shared helpers
 # ---------------------------------------------------------------------------------------------
+def _add_bootstrap_option(parser: Any) -> None:
+    """``--n-bootstrap`` (demo and run): on by default, the interval every output shows."""
+    parser.add_argument("--n-bootstrap", type=_int_at_least(0), default=999, metavar="B",
+                        help="Poisson-bootstrap replicates over the test images (default 999): the interval shown, "
+                             "p-values, P(above next), rank intervals; 0 = off (then only the permutation interval)")
+
+
+def _add_data_dir_option(parser: Any) -> None:
+    parser.add_argument("--data-dir", metavar="DIR",
+                        help="cache folder (default: $PXPERMUTE_DATA_DIR or the user cache)")
+
+
 def _one_line(text: Any, limit: int = 1000) -> str:
     line = " ".join(str(text).split())
     return line if len(line) <= limit else line[: limit - 3] + "..."
@@ -229,8 +217,21 @@ def _table(results: dict, *, ground_truth: Any = None, stain_free: Any = None) -
         if stain_free is not None:
             row += f"  {'yes' if stain_free[c] else 'no':>10}"
         lines.append(row)
+    from .inference import COVERAGE_NOTE
+
+    level = f"{100 * float(first.info.get('confidence', 0.95)):g}%"
+    kinds = sorted({r.ci_label for r in results.values()})
+    notes = [f"[{level} CI]: {'; '.join(kinds)}. The permutation (Monte Carlo) interval of the k repeats alone is "
+             "saved with the results (perm_ci_low/high).",
+             "Coverage: " + COVERAGE_NOTE]
     if boot:
-        lines.append("p: one-sided bootstrap test of importance > 0 over the test images")
+        notes.append("p: one-sided bootstrap p-value of H0 'the importance on test cells drawn like these, for this "
+                     "trained model, is <= 0' (not adjusted for the number of channels).")
+    notes.append("An interval that contains 0 is absence of evidence, not evidence that a channel is unused.")
+    import textwrap
+
+    for note in notes:
+        lines += textwrap.wrap(note, 100, subsequent_indent="  ", break_on_hyphens=False)
     return "\n".join(lines)
 
 
@@ -245,7 +246,8 @@ def _add_demo(sub, common) -> None:
             "End-to-end PXPermute on an embedded data set: the synthetic IFC default (planted, known channel "
             "relevance) or the real Jurkat cell-cycle sample shipped with the package. Trains a classifier, "
             "runs PXPermute (within-image pixel permutation) and the cross-sample variant, prints the channel "
-            "ranking with 95%% CIs (next to the planted truth for synthetic data) and writes a figure and the "
+            "ranking with 95%% bootstrap intervals over the test cells (next to the planted truth for synthetic "
+            "data; no interval covers retraining) and writes a figure and the "
             "result files."
         ),
     )
@@ -263,6 +265,7 @@ def _add_demo(sub, common) -> None:
     p.add_argument("--width", type=_int_at_least(1), default=16,
                    help="filters in the first block of small_cnn (default 16)")
     p.add_argument("--test-fraction", type=_float_in(0, 1, lo_open=True, hi_open=True), default=0.2)
+    _add_bootstrap_option(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="pxpermute-output", help="folder for the figure and result files")
     p.add_argument("--no-sample", action="store_true", help="skip the cross-sample permutation")
@@ -311,10 +314,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     f1 = compute_metric(confusion_matrix(y_test, pred, ds.n_classes), "f1_macro")[0]
     print(f"trained in {t_train:.0f} s; test F1-macro {f1:.3f} on {len(test_idx)} held-out cells")
 
-    results = {"pixel": channel_importance(net, test, n_repeats=args.k, random_state=args.seed, progress=progress)}
+    results = {"pixel": channel_importance(net, test, n_repeats=args.k, random_state=args.seed, progress=progress,
+                                           n_bootstrap=args.n_bootstrap)}
     if not args.no_sample:
         results["sample"] = channel_importance(net, test, n_repeats=args.k_sample, perturbation="sample",
-                                               random_state=args.seed, progress=progress)
+                                               random_state=args.seed, progress=progress,
+                                               n_bootstrap=args.n_bootstrap)
     for res in results.values():
         res.info["data"] = f"{ds.name}" + (f" (seed {args.seed})" if args.data == "synthetic" else "")
         res.info["model"] = args.model
@@ -412,8 +417,7 @@ def _add_run(sub, common) -> None:
                    help="permute the channels of a group independently (default: one shared permutation)")
     g.add_argument("--max-samples", type=_max_samples, metavar="F|N",
                    help="score a class-stratified subsample: a fraction in (0, 1] or a count")
-    g.add_argument("--n-bootstrap", type=_int_at_least(0), default=0,
-                   help="Poisson-bootstrap replicates over the test images (p-values, rank stability; 0 = off)")
+    _add_bootstrap_option(g)
     g.add_argument("--confidence", type=_float_in(0, 1, lo_open=True, hi_open=True), default=0.95,
                    help="level of the confidence intervals (default 0.95)")
     g.add_argument("--seed", type=int, default=0, help="random_state: same seed, same result (default 0)")
@@ -649,7 +653,7 @@ def _add_fetch(sub, common) -> None:
     p.add_argument("names", nargs="*", metavar="NAME", help="items to fetch (see --list)")
     p.add_argument("--all", action="store_true", help="everything that has a download URL")
     p.add_argument("--list", action="store_true", help="list the items and their state, download nothing")
-    p.add_argument("--data-dir", metavar="DIR", help="cache folder (default: $PXPERMUTE_DATA_DIR or the user cache)")
+    _add_data_dir_option(p)
     p.set_defaults(func=cmd_fetch)
 
 
@@ -718,7 +722,7 @@ def _add_info(sub, common) -> None:
                     "and the state of every data set and model (SHA-256 checked against the registry). Exit status "
                     "1 if a cached file is corrupted.",
     )
-    p.add_argument("--data-dir", metavar="DIR", help="cache folder (default: $PXPERMUTE_DATA_DIR or the user cache)")
+    _add_data_dir_option(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_info)
 

@@ -38,7 +38,7 @@ from .distributed import agree_seed, distributed_context
 from .fingerprint import data_digest, fingerprint, model_digest
 from .keys import seed_words
 from .metrics import METRICS
-from .perturb import DETERMINISTIC, PERTURBATIONS, PerturbContext
+from .perturb import DETERMINISTIC, PERTURBATIONS, PerturbContext, sample_permutation
 from .predictor import (  # noqa: F401  (old import paths)
     DeferredChecks,
     _first_conv_channels,
@@ -161,10 +161,16 @@ class _Plan:
 
     def __init__(self, *, src: _Source, predict: _Predictor, units: list[list[int]], perturb: Callable,
                  ctx: PerturbContext, n_classes: int, batch_size: int, device: torch.device,
-                 n_bootstrap: int = 0) -> None:
+                 n_bootstrap: int = 0, boot_per_repeat: bool = False, boot_donors: bool = False) -> None:
         self.src, self.predict, self.units, self.perturb, self.ctx = src, predict, units, perturb, ctx
         self.n_classes, self.batch_size, self.device = n_classes, batch_size, device
         self.n_bootstrap = int(n_bootstrap)  # > 0: also accumulate Poisson-bootstrap counts (pxpermute.stats)
+        # bootstrap counts per repeat, not pooled over repeats (aggregate="median": the median over repeats is
+        # recomputed in every replicate)
+        self.boot_per_repeat = bool(boot_per_repeat)
+        # perturbation="sample": a perturbed prediction is weighted by recipient x donor weight, so the
+        # replicates also redraw the cells that donate the channel
+        self.boot_donors = bool(boot_donors)
 
     def block_size(self, n: int) -> int:
         return max(1, min(self.batch_size, n))
@@ -185,7 +191,9 @@ class Accumulated:
     With ``plan.n_bootstrap = B > 0`` also ``boot_baseline`` (B, K, K) or None and
     ``boot_confusion`` (B, U, K, K), Poisson-weighted and summed over the repeats
     (see :mod:`pxpermute.stats`); they add up over sample sets *and* over chunks
-    of repeats.  Both are None when the bootstrap is off.
+    of repeats.  With ``plan.boot_per_repeat`` ``boot_confusion`` is
+    (B, len(repeats), U, K, K) instead: it adds up over sample sets, and chunks
+    of repeats are concatenated.  Both are None when the bootstrap is off.
     """
 
     def __init__(self, baseline: torch.Tensor | None, confusion: torch.Tensor, n_forward_images: int, *,
@@ -213,12 +221,20 @@ def accumulate(plan: _Plan, indices: np.ndarray, repeats: range, *, with_baselin
     n_items = U * R
     n_forward = 0
     nb = int(getattr(plan, "n_bootstrap", 0) or 0)
+    per_rep = bool(getattr(plan, "boot_per_repeat", False))
+    donors = bool(getattr(plan, "boot_donors", False))
     boot_base = torch.zeros(nb, K * K, dtype=torch.int64, device=dev) if nb and with_baseline else None
-    boot_cm = torch.zeros(nb, U * K * K, dtype=torch.int64, device=dev) if nb else None  # pooled over repeats
+    # pooled over repeats (one K x K per unit), or per (unit, repeat) item like ``cm``
+    boot_cm = torch.zeros(nb, (n_items if per_rep else U) * K * K, dtype=torch.int64, device=dev) if nb else None
 
     def _boot() -> dict[str, Any]:
-        return {"boot_baseline": boot_base.view(nb, K, K) if boot_base is not None else None,
-                "boot_confusion": boot_cm.view(nb, U, K, K) if boot_cm is not None else None}
+        if boot_cm is None:
+            bc = None
+        elif per_rep:
+            bc = boot_cm.view(nb, U, R, K, K).transpose(1, 2).contiguous()
+        else:
+            bc = boot_cm.view(nb, U, K, K)
+        return {"boot_baseline": boot_base.view(nb, K, K) if boot_base is not None else None, "boot_confusion": bc}
 
     if len(indices) == 0:
         return Accumulated(cm_base.view(K, K) if cm_base is not None else None, cm.view(U, R, K, K).transpose(0, 1), 0,
@@ -261,9 +277,18 @@ def accumulate(plan: _Plan, indices: np.ndarray, repeats: range, *, with_baselin
             n_it = b - a
             flat = torch.arange(n_it, device=dev).repeat_interleave(B) * (K * K) + yk[: n_it * B] + pred
             _count(cm[a:b].view(-1), flat)
-            if nb:  # weighted counts per unit, pooled over the repeats of this pass
-                unit_of = torch.div(torch.arange(a, b, device=dev), R, rounding_mode="floor")
-                add_weighted(boot_cm, unit_of.repeat_interleave(B) * (K * K) + yk[: n_it * B] + pred, w.repeat(1, n_it))
+            if nb:  # weighted counts per unit (pooled over the repeats of this pass) or per item
+                ww = w.repeat(1, n_it)
+                if donors:  # weight of the donor cell too: the replicate redraws donors and recipients jointly
+                    dw = [poisson_weights(plan.ctx.seed, sample_permutation(
+                        plan.ctx.seed, idx_t, u, rep_t[max(a, u * R) - u * R:min(b, (u + 1) * R) - u * R],
+                        plan.ctx.n).reshape(-1), nb) for u in range(a // R, (b - 1) // R + 1)]
+                    ww = ww * (dw[0] if len(dw) == 1 else torch.cat(dw, dim=1))
+                if per_rep:  # ``flat`` counts items from a (it indexes cm[a:b])
+                    add_weighted(boot_cm, flat + a * (K * K), ww)
+                else:
+                    unit_of = torch.div(torch.arange(a, b, device=dev), R, rounding_mode="floor")
+                    add_weighted(boot_cm, unit_of.repeat_interleave(B) * (K * K) + yk[: n_it * B] + pred, ww)
             n_forward += n_it * B
             if bar is not None:
                 bar.update(1)
@@ -413,7 +438,11 @@ def channel_importance(
         permutations; the permutation (Monte Carlo) interval
         ``result.perm_ci_low/high`` reflects the k repeats only.  No interval of
         a single run covers retraining.  ``n_bootstrap=999`` resolves p-values
-        down to 0.001.
+        down to 0.001.  With ``aggregate="median"`` the counts are kept per
+        repeat (memory times k) so that every replicate recomputes the median
+        over repeats; with ``perturbation="sample"`` a prediction is weighted by
+        recipient x donor weight, so the replicates also redraw the donor cells
+        (see :mod:`pxpermute.stats`).
     confidence : float, default 0.95
         Two-sided level of the bootstrap interval and of the permutation interval.
     max_samples : float in (0, 1] or int, optional
@@ -563,8 +592,16 @@ def channel_importance(
 
     ctx = PerturbContext(seed, src.n, fetch=src.fetch, fill_value=fill_value,
                          shared_group_permutation=shared_group_permutation)
+    per_repeat = bool(n_bootstrap) and aggregate == "median" and R > 1
+    if per_repeat and n_bootstrap * R * len(units) * K * K * 8 > MAX_CONFUSION_BYTES:
+        raise ValueError(
+            f"aggregate='median' with n_bootstrap={n_bootstrap} keeps bootstrap counts per repeat: "
+            f"{n_bootstrap} x {R} repeats x {len(units)} channels x {K}x{K} need "
+            f"{n_bootstrap * R * len(units) * K * K * 8 / 2**30:.3g} GiB (limit {MAX_CONFUSION_BYTES / 2**30:.3g} GiB); "
+            "lower n_bootstrap or n_repeats, or use aggregate='mean'")
     plan = _Plan(src=src, predict=pred_fn, units=units, perturb=perturb, ctx=ctx, n_classes=K,
-                 batch_size=int(batch_size), device=dev, n_bootstrap=int(n_bootstrap))
+                 batch_size=int(batch_size), device=dev, n_bootstrap=int(n_bootstrap), boot_per_repeat=per_repeat,
+                 boot_donors=perturbation == "sample")
     indices = np.arange(src.n)
     if max_samples is not None:
         all_labels = src.labels if src.labels is not None else np.concatenate(
@@ -581,7 +618,9 @@ def channel_importance(
             class_names=cls_names, shared_group_permutation=shared_group_permutation,
             fill_value=fill_value if perturbation == "fill" else None,
             model=model_digest(pred_fn), data=data_digest(src, indices),
-            extra={"n_bootstrap": int(n_bootstrap)},
+            extra={"n_bootstrap": int(n_bootstrap),
+                   **({"bootstrap_layout": f"per_repeat={per_repeat},donors={plan.boot_donors}"}
+                      if per_repeat or plan.boot_donors else {})},
         )
     if rule is not None and chunk_repeats is not None:
         rule = AdaptiveK(**{**rule.__dict__, "chunk": int(chunk_repeats)})
@@ -631,7 +670,7 @@ def channel_importance(
     info["confidence"] = confidence
     if n_bootstrap:
         info["n_bootstrap"] = int(n_bootstrap)
-        info["bootstrap"] = "poisson"
+        info["bootstrap"] = "poisson" + (" (recipients x donors)" if perturbation == "sample" else "")
     info["pxpermute_version"] = __version__
     if perturbation == "pixel" and cm_np.shape[0] > 0:
         # predictions' confusion matrix never changed: the model ignores the channel, or reads only what a pixel

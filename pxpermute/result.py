@@ -66,8 +66,9 @@ class ImportanceResult:
     ci_kind : {"bootstrap", "folds", "permutation"}
         Which interval ``ci_low/high`` hold; :attr:`ci_label` says it in words.
     bootstrap_confusion, bootstrap_baseline_confusion : ndarray (B, C, K, K) and (B, K, K), or None
-        Poisson-bootstrap weighted confusion matrices (pooled over repeats) when
-        the run had ``n_bootstrap = B > 0``; see :mod:`pxpermute.stats`.
+        Poisson-bootstrap weighted confusion matrices (pooled over repeats; per
+        repeat, ``(B, R, C, K, K)``, with ``aggregate="median"``) when the run had
+        ``n_bootstrap = B > 0``; see :mod:`pxpermute.stats`.
     bootstrap_importances : ndarray (B, C) or None
         Importance per bootstrap replicate over the test images.
     bootstrap_se, bootstrap_ci_low, bootstrap_ci_high : ndarray (C,) or None
@@ -238,10 +239,14 @@ class ImportanceResult:
         ``to_frame("class")`` and ``to_frame("fold")`` (one row per fold and
         channel).  :meth:`fold` gives one fold back.
 
-        The repeat interval ``ci_low/high`` of the pooled result still covers
-        only the permutations; for the spread between folds (models and test
-        cells) use ``to_frame("fold")`` / ``fold_importances``.  Bootstrap
-        counts are not pooled (folds have different models and test cells).
+        Folds are never stacked as if they were repeats: with two or more folds,
+        ``ci_low/high`` is the t-interval over the fold importances (folds - 1
+        degrees of freedom, :func:`pxpermute.inference.fold_mean_interval`),
+        which covers retraining and test cells approximately; the permutation
+        interval ``perm_ci_low/high`` combines the folds' own permutation
+        standard errors (``sqrt(sum_f s_f^2 / R_f) / F`` around the mean of the
+        fold means; NaN for the median).  Bootstrap counts are not pooled (folds
+        have different models and test cells).
 
         Parameters
         ----------
@@ -413,7 +418,9 @@ class ImportanceResult:
         self.importances_median = np.median(imp, axis=0)
         self.importances_std, self.importances_sem = ti.std, ti.sem
         median = self.info.get("aggregate") == "median"
-        if median:  # the permutation interval of what is reported: the median over repeats
+        if self.folds is not None:  # never stack folds as repeats: combine the folds' permutation errors
+            self.perm_ci_low, self.perm_ci_high = self._fold_permutation_interval(level, median)
+        elif median:  # the permutation interval of what is reported: the median over repeats
             _, self.perm_ci_low, self.perm_ci_high = median_interval(imp, level, axis=0)
         else:
             self.perm_ci_low, self.perm_ci_high = ti.low, ti.high
@@ -437,6 +444,22 @@ class ImportanceResult:
         else:
             self.ci_kind = "permutation"
             self.ci_low, self.ci_high = self.perm_ci_low, self.perm_ci_high
+
+    def _fold_permutation_interval(self, level: float, median: bool) -> tuple[np.ndarray, np.ndarray]:
+        from scipy import stats as sps
+
+        C = self.importances.shape[1]
+        if median:
+            return np.full(C, np.nan), np.full(C, np.nan)
+        F = int(self.folds.max()) + 1
+        means, var = [], np.zeros(C)
+        for f in range(F):
+            v = self.importances[self.folds == f]
+            means.append(v.mean(axis=0))
+            var += (v.var(axis=0, ddof=1) / len(v)) if len(v) > 1 else np.nan
+        centre = np.mean(means, axis=0)
+        half = sps.norm.ppf(0.5 + level / 2) * np.sqrt(var) / F
+        return centre - half, centre + half
 
     @property
     def ci_label(self) -> str:

@@ -31,8 +31,18 @@ accuracy this equals the mean drop over repeats; for ratio metrics such as F1
 it differs from the mean over repeats by a small deterministic (Jensen) term,
 so every replicate is shifted by ``importance - pooled_importance`` computed
 on the full data: the bootstrap distribution is centred on the reported
-importance.  With ``aggregate="median"`` the shift centres it on the median
-over repeats; its spread is still that of the pooled (mean-like) statistic.
+importance.
+
+``aggregate="median"``: the median over repeats is not a function of counts
+pooled over repeats, so the engine keeps the weighted confusion matrices *per
+repeat* (memory ``n_bootstrap x k x U x K x K``) and every replicate recomputes
+the median over repeats -- a bootstrap of the median itself, no shift.
+
+``perturbation="sample"``: the channel comes from another cell (the donor),
+and which cells are available as donors is as random as which are tested.  A
+perturbed prediction is weighted by ``w[b, recipient] * w[b, donor]``, the
+bootstrap of a two-sample (U-statistic-like) average: each replicate redraws
+donors and recipients jointly from the same reweighted cells.
 
 In a replicate, a class whose images all got weight 0 is left out of the
 averages (as absent classes are, see :mod:`pxpermute.metrics`).
@@ -176,8 +186,11 @@ def bootstrap_importances(
     ----------
     baseline_boot : (B, K, K)
         Weighted unperturbed confusion matrix per replicate.
-    confusion_boot : (B, U, K, K)
-        Weighted perturbed confusion matrices per replicate and unit, summed over repeats.
+    confusion_boot : (B, U, K, K) or (B, R, U, K, K)
+        Weighted perturbed confusion matrices per replicate and unit, summed over
+        repeats -- or per repeat (then every replicate recomputes the estimator
+        exactly: the median or mean over repeats of the class-aggregated drops,
+        and no centring shift is needed).
     metric, aggregate : str
         As for :func:`pxpermute.channel_importance`.
     present : (K,) bool, optional
@@ -198,12 +211,28 @@ def bootstrap_importances(
         raise ValueError(f"aggregate must be 'mean' or 'median', got {aggregate!r}")
     bb = np.asarray(baseline_boot)
     cb = np.asarray(confusion_boot)
-    if bb.ndim != 3 or cb.ndim != 4 or cb.shape[0] != bb.shape[0] or cb.shape[2:] != bb.shape[1:]:
-        raise ValueError(f"expected baseline (B, K, K) and confusion (B, U, K, K), got {bb.shape} and {cb.shape}")
+    if bb.ndim != 3 or cb.ndim not in (4, 5) or cb.shape[0] != bb.shape[0] or cb.shape[-2:] != bb.shape[1:]:
+        raise ValueError("expected baseline (B, K, K) and confusion (B, U, K, K) or (B, R, U, K, K), got "
+                         f"{bb.shape} and {cb.shape}")
     support = bb.sum(-1)  # (B, K) weighted class counts
     if present is not None:
         support = support * np.asarray(present, bool)
     base = _per_replicate_metric(bb, support, metric)  # (B, K')
+    if cb.ndim == 5:  # per-repeat counts: the estimator itself, recomputed in every replicate
+        B, R, U = cb.shape[:3]
+        pert = _per_replicate_metric(cb.reshape(B, R * U, *cb.shape[3:]), support, metric)
+        pert = pert.reshape(B, R, U, -1)  # (B, R, U, K')
+        d = base[:, None, None, :] - pert
+        if d.shape[-1] == support.shape[-1]:
+            d = np.where((support > 0)[:, None, None, :], d, np.nan)
+        per_repeat = _aggregate_classes(d, aggregate)  # (B, R, U)
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            imp = np.nanmedian(per_repeat, axis=1) if aggregate == "median" else np.nanmean(per_repeat, axis=1)
+            drops = np.nanmean(d, axis=1)  # per class: the mean drop over repeats, as reported
+        return imp, drops
     pert = _per_replicate_metric(cb, support, metric)  # (B, U, K')
     drops = base[:, None, :] - pert
     if drops.shape[-1] == support.shape[-1]:
@@ -513,10 +542,11 @@ def _all_reduce(t: torch.Tensor) -> torch.Tensor:
 class BootstrapCollector:
     """Sums the bootstrap counts of every :func:`~pxpermute.importance.accumulate` call.
 
-    Repeat chunks add up (the counts are pooled over repeats); in a
+    Repeat chunks add up (the counts are pooled over repeats) -- or, for
+    per-repeat counts (B, R, U, K, K), are concatenated along the repeats; in a
     distributed run each chunk's counts are all-reduced over the ranks.
-    ``baseline`` (B, K, K) and ``confusion`` (B, U, K, K) are numpy int64 arrays
-    (None until something was collected).
+    ``baseline`` (B, K, K) and ``confusion`` (B, U, K, K) or (B, R, U, K, K) are
+    numpy int64 arrays (None until something was collected).
     """
 
     def __init__(self) -> None:
@@ -531,7 +561,12 @@ class BootstrapCollector:
             bb = _all_reduce(bb).cpu().numpy()
             self.baseline = bb if self.baseline is None else self.baseline + bb
         bc = _all_reduce(bc).cpu().numpy()
-        self.confusion = bc if self.confusion is None else self.confusion + bc
+        if self.confusion is None:
+            self.confusion = bc
+        elif bc.ndim == 5:  # per-repeat counts (B, R, U, K, K): chunks of repeats are concatenated
+            self.confusion = np.concatenate([self.confusion, bc], axis=1)
+        else:
+            self.confusion = self.confusion + bc
 
     def wrap(self, accumulate_fn: Any) -> Any:
         """``accumulate_fn`` that also hands every result to :meth:`add`."""
@@ -571,14 +606,14 @@ def bootstrap_summary(result: Any, confidence: float = 0.95) -> dict[str, Any]:
     imp, drops = bootstrap_importances(bb, bc, metric=metric, aggregate=aggregate, present=present,
                                        center=result.importance, baseline_confusion=result.baseline_confusion,
                                        confusion=result.confusion)
-    # per class: centre on the mean drop over repeats
-    base = compute_metric(result.baseline_confusion, metric, present)
-    pooled = base[None, :] - compute_metric(np.asarray(result.confusion).sum(0), metric, present)  # (U, K')
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        shift = np.nanmean(result.drops, axis=0) - pooled
-    shift = np.where(np.abs(shift) <= ZERO_TOL, 0.0, np.nan_to_num(shift))
-    drops = drops + shift[None]
+    if np.ndim(bc) == 4:  # pooled counts: per class, centre on the mean drop over repeats
+        base = compute_metric(result.baseline_confusion, metric, present)
+        pooled = base[None, :] - compute_metric(np.asarray(result.confusion).sum(0), metric, present)  # (U, K')
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            shift = np.nanmean(result.drops, axis=0) - pooled
+        shift = np.where(np.abs(shift) <= ZERO_TOL, 0.0, np.nan_to_num(shift))
+        drops = drops + shift[None]
     cols = present if drops.shape[-1] == len(present) else np.ones(drops.shape[-1], bool)
     lo, hi = percentile_interval(imp, confidence)
     clo, chi = percentile_interval(drops, confidence)

@@ -347,6 +347,9 @@ def test_run_writes_the_demos_table_and_figures(files, capsys):
         assert (folder / name).stat().st_size > 0, name
     assert (folder / "channel_importance.png").stat().st_size > 10_000
     assert "pixel permutation [95% CI]" in text and "sample permutation [95% CI]" in text
+    # the default interval is the bootstrap over test cells (issue 21), and it says what it does not cover
+    assert "[95% CI]: bootstrap over test cells (999 replicates)" in text and "covers retraining" in text
+    assert ImportanceResult.load(folder / "importance_pixel").n_bootstrap == 999
     for ch in CHANNELS:
         assert ch in text
     summary = json.loads((folder / "summary.json").read_text())

@@ -16,6 +16,9 @@ def test_demo_writes_table_figure_and_results(tmp_path, capsys):
     for name in ("BF", "DNA", "DNA-2", "Marker", "Noise", "Empty"):
         assert name in text
     assert "planted" in text and "Spearman" in text
+    # the interval is the bootstrap over test cells, labelled, and no interval claims to cover retraining
+    assert "[95% CI]: bootstrap over test cells (999 replicates)" in text
+    assert "No interval here covers retraining" in text and "absence of evidence" in text
     assert (out / "channel_importance.png").stat().st_size > 10_000
     assert (out / "per_class.png").exists()
     summary = json.loads((out / "summary.json").read_text())
@@ -25,6 +28,7 @@ def test_demo_writes_table_figure_and_results(tmp_path, capsys):
     assert pixel.n_repeats == 3 and sample.n_repeats == 2
     assert pixel.info["perturbation"] == "pixel" and sample.info["perturbation"] == "sample"
     assert np.all(np.isfinite(pixel.importances))
+    assert pixel.n_bootstrap == 999 and pixel.ci_kind == "bootstrap"
 
 
 def test_demo_on_embedded_real_sample(tmp_path, capsys):

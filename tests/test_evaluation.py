@@ -58,7 +58,7 @@ def test_remove_and_retrain_table(roar, tiny):
     res, _ = roar
     t = res.table
     assert list(t.columns) == ["method", "fold", "n_removed", "n_channels", "channels", "removed", "f1_macro",
-                               "accuracy"]
+                               "accuracy", "n_subsets"]
     assert res.methods == ["oracle", "reversed", "Random"]
     assert len(t) == 3 * 3 * 2  # methods x steps (0, 1, 2) x folds
     assert sorted(t.n_removed.unique().tolist()) == [0, 1, 2]
@@ -69,7 +69,54 @@ def test_remove_and_retrain_table(roar, tiny):
     r = t[(t.method == "reversed") & (t.fold == 0)].set_index("n_removed")
     assert r.loc[1, "removed"] == "sig" and r.loc[2, "channels"] == "empty"
     assert t.f1_macro.between(0, 1).all() and t.accuracy.between(0, 1).all()
-    assert sorted(res.rankings["Random"]) == sorted(tiny.channel_names)
+    assert "Random" not in res.rankings  # Random is an average over subsets, not one ranking
+
+
+def test_random_is_the_exact_average_over_subsets_and_methods_are_paired(roar, tiny):
+    res, _ = roar
+    # 3 channels: every subset of each size is averaged (1, 3 and 3 subsets), exactly
+    assert res.params["random"] == {"0": {"n_subsets": 1, "of": 1, "exact": True},
+                                    "1": {"n_subsets": 3, "of": 3, "exact": True},
+                                    "2": {"n_subsets": 3, "of": 3, "exact": True}}
+    rt = res.random_table
+    assert len(rt) == (1 + 3 + 3) * 2 and rt.groupby("n_removed").channels.nunique().tolist() == [1, 3, 3]
+    rnd = res.table[res.table.method == "Random"].set_index(["n_removed", "fold"])
+    for (n, f), grp in rt.groupby(["n_removed", "fold"]):
+        assert rnd.loc[(n, f), "f1_macro"] == pytest.approx(grp.f1_macro.mean())
+        assert rnd.loc[(n, f), "n_subsets"] == len(grp)
+    # paired: per fold, (method's curve average) - (Random's), t-interval over folds
+    avg = res.per_fold_average()
+    pr = res.paired().set_index("method")
+    for m in ("oracle", "reversed"):
+        d = (avg.loc[m] - avg.loc["Random"]).to_numpy()
+        assert pr.loc[m, "mean_diff"] == pytest.approx(d.mean())
+        assert pr.loc[m, "ci_low"] <= d.mean() <= pr.loc[m, "ci_high"]
+    s = res.summary_frame().set_index("method")
+    assert s.loc["oracle", "vs_random"] == pytest.approx(pr.loc["oracle", "mean_diff"])
+    assert "paired" in res.summary() and "exact" in res.summary()
+    # more subsets than random_draws: that many distinct subsets drawn uniformly, flagged as not exact
+    from pxpermute.evaluation.roar import remove_and_retrain as rr
+
+    calls = []
+    import pxpermute.evaluation.roar as roar_mod
+
+    def fake(ds, subsets, n_splits, **kw):
+        calls.append(dict(subsets))
+        rows = [{"subset": k, "fold": f, "channels": k, "f1_macro": len(v) / 3, "accuracy": 0.5}
+                for k, v in subsets.items() for f in range(n_splits)]
+        return pd.DataFrame(rows)
+
+    orig = roar_mod.retrain_scores
+    roar_mod.retrain_scores = fake
+    try:
+        X = np.zeros((12, 6, 4, 4), np.float32)
+        y = np.arange(12) % 2
+        out = rr((X, y), {"idx": list(range(6))}, n_splits=2, steps=[0, 3], random_draws=5, progress=False)
+    finally:
+        roar_mod.retrain_scores = orig
+    assert out.params["random"]["3"] == {"n_subsets": 5, "of": 20, "exact": False}
+    assert out.random_table[out.random_table.n_removed == 3].channels.nunique() == 5
+    assert "Monte Carlo" in out.summary()
 
 
 def test_oracle_curve_not_below_reversed(roar):
@@ -112,7 +159,7 @@ def test_plot_remove_and_retrain_lines(roar):
     fig = plot_remove_and_retrain(res)
     ax = fig.axes[0]
     assert len(ax.get_lines()) == 3
-    assert len(ax.collections) == 3  # one CI band per method
+    assert len(ax.collections) == 3  # one CI band per method (Random included)
     assert "remove-and-retrain" in ax.get_title() and "tiny" in ax.get_title()
     ref = pd.DataFrame([[0.9, 0.8, 0.7]], index=["oracle"], columns=[0, 1, 2])
     fig2 = plot_remove_and_retrain(res, reference=ref, ci=False)
@@ -278,7 +325,9 @@ def test_roar_result_protocol(roar, tmp_path):
     assert text.splitlines()[0] == res.title()
     # best method first, with its mean F1-macro over the curve and its interval
     best = res.summary_frame().iloc[0]
-    assert text.splitlines()[2].split()[0] == best["method"] and f"{best['mean']:.3f}" in text.splitlines()[2]
+    rows = [ln for ln in text.splitlines() if ln.startswith("  ") and ln.split()[0] in res.methods]
+    assert rows[0].split()[0] == best["method"] and f"{best['mean']:.3f}" in rows[0]
+    assert max(len(ln) for ln in text.splitlines()) <= 88
 
 
 # ---------------------------------------------------------------------------
@@ -361,3 +410,48 @@ def test_cross_validate_on_a_dask_cluster_equals_serial(tiny):
     finally:
         torch.set_num_threads(n)
     _assert_same_cv(par, serial)
+
+
+# ---------------------------------------------------------------------------
+# k ablation across independent seeds (nested prefixes of one run flatter stability)
+# ---------------------------------------------------------------------------
+def test_k_ablation_reports_agreement_between_independent_seeds(tmp_path):
+    import torch
+
+    from pxpermute import channel_importance
+    from pxpermute.evaluation import KAblation, k_ablation
+
+    rng = np.random.default_rng(0)
+    n = 80
+    y = np.arange(n) % 2
+    X = rng.normal(size=(n, 3, 6, 6)).astype(np.float32)
+    X[y == 1, 0, :3] += 1.5  # a clear signal in the top half of ch0
+    X[y == 1, 1, :3] += 0.4  # a weak one in ch1
+
+    def model(x):
+        return torch.stack([torch.zeros(len(x)), x[:, 0, :3].mean((1, 2)) + 0.3 * x[:, 1, :3].mean((1, 2)) - 0.7], 1)
+
+    abl = k_ablation(model, (X, y), ks=(1, 2, 8), random_state=5, n_seeds=3, top=1, progress=False)
+    assert len(abl.results) == 3 and abl.results[0] is abl.result
+    for s, r in enumerate(abl.results):  # seed s is random_state + s, and no bootstrap is computed
+        direct = channel_importance(model, (X, y), n_repeats=8, random_state=5 + s, n_bootstrap=0, progress=False)
+        np.testing.assert_array_equal(r.importances, direct.importances)
+    assert abl.result.bootstrap_importances is None
+    st = abl.seed_table
+    assert list(st.index) == [1, 2, 8] and (st.n_seeds == 3).all()
+    assert st["same_ranking"].between(0, 1).all() and (st["same_top"] == 1.0).all()  # ch0 always on top
+    assert abl.stable_k_seeds == 1
+    # the columns are what they say: pairwise agreement of the k-prefixes of independent runs
+    k = 2
+    ranks = [list(r.importances[:k].mean(0).argsort()[::-1]) for r in abl.results]
+    pairs = [(0, 1), (0, 2), (1, 2)]
+    assert st.loc[k, "same_ranking"] == pytest.approx(np.mean([ranks[i] == ranks[j] for i, j in pairs]))
+    text = abl.summary()
+    assert "independent seeds" in text and "nested" in text and "retraining" in text
+    # saved and loaded with every seed
+    back = KAblation.load(abl.save(tmp_path / "abl"))
+    assert len(back.results) == 3
+    pd.testing.assert_frame_equal(back.seed_table, abl.seed_table)
+    # one seed: no between-seed table
+    one = k_ablation(None, ks=(2, 8), result=abl.result)
+    assert one.seed_table is None and one.stable_k_seeds is None

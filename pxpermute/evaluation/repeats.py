@@ -6,6 +6,14 @@ function of (seed, cell, channel, repeat), so the first k repeats of a
 is a prefix of the largest run.  The published ablation (Shetab Boushehri et
 al. 2024) used k = 5 ... 1000 and found the ranking stable from k = 100 on all
 three data sets.
+
+Prefixes of one run are nested (the k = 50 run contains the k = 20 run), so
+their agreement with the largest k flatters stability: part of it is shared
+permutations.  :func:`k_ablation` therefore also runs ``n_seeds`` independent
+seeds and reports, per k, how well independent k-repeat runs agree with each
+other (``seed_table``, ``stable_k_seeds``) -- the question a user with one run
+of k repeats actually has.  Both describe the permutation noise only (same
+model, same test cells); no number here covers retraining.
 """
 from __future__ import annotations
 
@@ -23,7 +31,7 @@ from .._validation import check_int
 from ..result import ImportanceResult
 from ._common import fmt
 
-__all__ = ["KAblation", "k_ablation", "first_stable_k"]
+__all__ = ["KAblation", "k_ablation", "first_stable_k", "seed_agreement"]
 
 
 def first_stable_k(rankings: Mapping[int, Sequence[Any]], *, top: int | None = None) -> int | None:
@@ -64,6 +72,62 @@ def first_stable_k(rankings: Mapping[int, Sequence[Any]], *, top: int | None = N
     return stable
 
 
+def seed_agreement(results: Sequence[ImportanceResult], ks: Sequence[int], *, top: int | None = None) -> pd.DataFrame:
+    """Agreement between independent seeds at every k: one row per k.
+
+    ``results`` are runs with independent ``random_state`` (each with at least
+    ``max(ks)`` repeats); at k each contributes its first k repeats, which is
+    exactly a k-repeat run with its seed.  Columns: ``n_seeds``,
+    ``tau_between_seeds`` (mean Kendall tau-b of the importances over all pairs
+    of seeds), ``same_ranking`` (share of seed pairs with the identical full
+    ranking) and ``same_top`` (the same for the first ``top`` ranks; equal to
+    ``same_ranking`` without ``top``).  Ties (e.g. channels at exactly 0) are
+    broken by channel order in both runs alike, so they do not count as changes.
+
+    Examples
+    --------
+    >>> a = ImportanceResult([[0.3, 0.1, 0.0]] * 4, channel_names=list("ABC"))
+    >>> b = ImportanceResult([[0.1, 0.3, 0.0]] * 2 + [[0.3, 0.1, 0.0]] * 2, channel_names=list("ABC"))
+    >>> seed_agreement([a, b], [1, 4], top=1)[["same_ranking", "same_top"]].to_numpy().tolist()
+    [[0.0, 0.0], [1.0, 1.0]]
+    """
+    import itertools
+
+    results = list(results)
+    rows = []
+    for k in sorted(int(v) for v in ks):
+        subs = [_prefix(r, k) for r in results]
+        pairs = list(itertools.combinations(range(len(subs)), 2))
+        taus, same, same_top = [], [], []
+        for i, j in pairs:
+            a, b = subs[i], subs[j]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                tau = stats.kendalltau(a.importance, b.importance).statistic
+            taus.append(np.nan if tau is None else float(tau))
+            ra, rb = list(a.ranking), list(b.ranking)
+            same.append(ra == rb)
+            same_top.append(ra[:top] == rb[:top] if top is not None else ra == rb)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            rows.append({"k": k, "n_seeds": len(subs),
+                         "tau_between_seeds": float(np.nanmean(taus)) if taus else np.nan,
+                         "same_ranking": float(np.mean(same)) if same else np.nan,
+                         "same_top": float(np.mean(same_top)) if same_top else np.nan})
+    return pd.DataFrame(rows).set_index("k")
+
+
+def _stable_from(flags: pd.Series) -> int | None:
+    """Smallest k from which every larger k has ``flags`` True (None if the largest k has not)."""
+    out = None
+    for k in sorted(flags.index, reverse=True):
+        if bool(flags.loc[k]):
+            out = int(k)
+        else:
+            break
+    return out
+
+
 @dataclass(repr=False)
 class KAblation(SavableResult):
     """Outcome of :func:`k_ablation`.
@@ -76,7 +140,7 @@ class KAblation(SavableResult):
     ----------
     ks : list of int
     result : ImportanceResult
-        The single run with ``max(ks)`` repeats; ``at(k)`` gives its k-prefix.
+        The run of the first seed with ``max(ks)`` repeats; ``at(k)`` gives its k-prefix.
     rankings : DataFrame
         Index k, columns rank 1..C, values channel names.
     table : DataFrame
@@ -89,6 +153,15 @@ class KAblation(SavableResult):
     top : int or None
     stable_k_all : int
         The same for the full ranking (all channels).
+    results : list of ImportanceResult
+        One ``max(ks)``-repeat run per independent seed (``results[0] is result``).
+    seed_table : DataFrame or None
+        Per k, agreement between the independent seeds (:func:`seed_agreement`);
+        None with one seed.
+    stable_k_seeds : int or None
+        Smallest k from which every pair of seeds gives the same (top-``top``)
+        ranking at that k and every larger k; None if they still disagree at
+        ``max(ks)`` (or with one seed).
     """
 
     ks: list[int]
@@ -99,6 +172,9 @@ class KAblation(SavableResult):
     stable_k: int
     top: int | None = None
     stable_k_all: int | None = None
+    results: list[ImportanceResult] | None = None
+    seed_table: pd.DataFrame | None = None
+    stable_k_seeds: int | None = None
 
     def at(self, k: int) -> ImportanceResult:
         """The result with only the first ``k`` repeats (exactly what a run with k repeats gives)."""
@@ -117,6 +193,17 @@ class KAblation(SavableResult):
                  f"{'k':>6}  {'tau':>6}  ranking (most important first)"]
         for k in self.ks:
             lines.append(f"{k:>6}  {fmt(self.kendall_tau.loc[k], 2):>6}  {', '.join(self.rankings.loc[k].tolist())}")
+        lines.append("(k-prefixes of one run are nested, which flatters this agreement)")
+        if self.seed_table is not None:
+            st = self.seed_table
+            what = "same ranking" if self.top is None else f"same top {self.top}"
+            lines.append(f"{len(self.results or [])} independent seeds: {what} in every pair from k = "
+                         f"{self.stable_k_seeds if self.stable_k_seeds is not None else 'never (up to max k)'}")
+            lines.append(f"{'k':>6}  {'tau':>6}  {'same ranking':>12}  {'same top':>8}  (between seeds)")
+            for k in self.ks:
+                r = st.loc[k]
+                lines.append(f"{k:>6}  {fmt(r.tau_between_seeds, 2):>6}  {r.same_ranking:>12.2f}  {r.same_top:>8.2f}")
+        lines.append("Permutation noise only (one model, one test set); nothing here covers retraining.")
         return "\n".join(lines)
 
     def title(self) -> str:
@@ -135,12 +222,23 @@ class KAblation(SavableResult):
     # -- files -------------------------------------------------------------------
     def _to_bundle(self, prefix: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         rmeta, arrays = importance_to_bundle(self.result, f"{prefix}.result")
-        return {"ks": self.ks, "top": self.top, "result": rmeta}, arrays
+        meta = {"ks": self.ks, "top": self.top, "result": rmeta}
+        extra = []
+        for i, r in enumerate((self.results or [])[1:], 1):
+            m, a = importance_to_bundle(r, f"{prefix}.seed{i}")
+            extra.append(m)
+            arrays.update(a)
+        if extra:
+            meta["other_seeds"] = extra
+        return meta, arrays
 
     @classmethod
     def _from_bundle(cls, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray], prefix: str) -> KAblation:
         result = importance_from_bundle(meta["result"], arrays, f"{prefix}.result")
-        return k_ablation(None, ks=[int(k) for k in meta["ks"]], result=result, top=meta.get("top"))
+        others = [importance_from_bundle(m, arrays, f"{prefix}.seed{i}")
+                  for i, m in enumerate(meta.get("other_seeds") or [], 1)]
+        return k_ablation(None, ks=[int(k) for k in meta["ks"]], result=[result, *others] if others else result,
+                          top=meta.get("top"))
 
 
 def _prefix(result: ImportanceResult, k: int) -> ImportanceResult:
@@ -168,7 +266,8 @@ def k_ablation(
     *,
     ks: Sequence[int] = (5, 10, 20, 30, 40, 50, 100, 200, 500, 1000),
     random_state: int | None = 0,
-    result: ImportanceResult | None = None,
+    n_seeds: int = 3,
+    result: ImportanceResult | Sequence[ImportanceResult] | None = None,
     top: int | None = None,
     **importance_kwargs: Any,
 ) -> KAblation:
@@ -188,8 +287,15 @@ def k_ablation(
     ks : sequence of int, default (5, 10, 20, 30, 40, 50, 100, 200, 500, 1000)
         The published ablation grid.
     random_state : int or None, default 0
-    result : ImportanceResult, optional
-        A run with at least ``max(ks)`` repeats to reuse instead of computing one.
+        Seed of the first run; seed s (0-based) uses ``random_state + s``
+        (``None``: fresh seeds).
+    n_seeds : int, default 3
+        Independent runs of ``max(ks)`` repeats (each costs one run).  With 2 or
+        more, ``seed_table`` and ``stable_k_seeds`` report how well independent
+        k-repeat runs agree -- unlike the nested prefixes of one run.
+    result : ImportanceResult or list of them, optional
+        Run(s) with at least ``max(ks)`` repeats to reuse instead of computing
+        them (a list: one per independent seed; ``n_seeds`` is then ignored).
     top : int, optional
         Judge stability on the first ``top`` ranks only (channels that matter
         nothing keep swapping places forever; ``top`` ignores them).
@@ -197,10 +303,15 @@ def k_ablation(
         Passed to :func:`~pxpermute.channel_importance` (``perturbation``,
         ``metric``, ``batch_size``, ``device``, ``progress`` ...).
 
+    ``n_bootstrap`` defaults to 0 here: a prefix cannot reuse a bootstrap pooled
+    over all ``max(ks)`` repeats, so the intervals in ``table`` are the
+    permutation (Monte Carlo) intervals of the k repeats.
+
     Returns
     -------
     KAblation
-        ``rankings``, ``table``, ``kendall_tau``, ``stable_k``, ``at(k)``, ``plot()``.
+        ``rankings``, ``table``, ``kendall_tau``, ``stable_k``, ``seed_table``,
+        ``stable_k_seeds``, ``at(k)``, ``plot()``.
 
     Examples
     --------
@@ -219,6 +330,7 @@ def k_ablation(
     if top is not None:
         top = check_int(top, "top", low=1)
     if result is None:
+        n_seeds = check_int(n_seeds, "n_seeds", low=1)
         if data is None:
             raise ValueError("pass test data (or a precomputed result=)")
         if importance_kwargs.get("perturbation") == "fill":
@@ -227,17 +339,30 @@ def k_ablation(
             raise TypeError("k_ablation sets n_repeats=max(ks) itself; do not pass n_repeats")
         from ..importance import channel_importance
 
-        result = channel_importance(model, data, n_repeats=kmax, random_state=random_state, **importance_kwargs)
-        if result.n_repeats < kmax:
-            raise ValueError(f"channel_importance returned {result.n_repeats} repeats instead of {kmax} "
-                             "(adaptive stopping?); switch it off for a k ablation")
+        importance_kwargs.setdefault("n_bootstrap", 0)
+        results = []
+        for s in range(n_seeds):
+            seed = None if random_state is None else int(random_state) + s
+            run = channel_importance(model, data, n_repeats=kmax, random_state=seed, **importance_kwargs)
+            if run.n_repeats < kmax:
+                raise ValueError(f"channel_importance returned {run.n_repeats} repeats instead of {kmax} "
+                                 "(adaptive stopping?); switch it off for a k ablation")
+            results.append(run)
+        result = results[0]
     else:
-        if not isinstance(result, ImportanceResult):
-            raise TypeError(f"result must be an ImportanceResult, got {type(result).__name__}")
+        results = list(result) if isinstance(result, (list, tuple)) else [result]
+        if not results:
+            raise ValueError("result is an empty list")
+        for r in results:
+            if not isinstance(r, ImportanceResult):
+                raise TypeError(f"result must be an ImportanceResult (or a list of them), got {type(r).__name__}")
+            if r.n_repeats < kmax:
+                raise ValueError(f"result has {r.n_repeats} repeats but max(ks) = {kmax}")
+            if r.channel_names != results[0].channel_names:
+                raise ValueError("the results of the seeds must score the same channels")
         if importance_kwargs:
             raise TypeError(f"with result= no importance options apply; got {sorted(importance_kwargs)}")
-        if result.n_repeats < kmax:
-            raise ValueError(f"result has {result.n_repeats} repeats but max(ks) = {kmax}")
+        result = results[0]
     if top is not None and top > len(result.channel_names):
         raise ValueError(f"top={top} exceeds the {len(result.channel_names)} scored channels")
 
@@ -263,5 +388,10 @@ def k_ablation(
     rk.index.name = "k"
     tau_s = pd.Series(taus, name="kendall_tau")
     tau_s.index.name = "k"
+    seed_table = stable_seeds = None
+    if len(results) > 1:
+        seed_table = seed_agreement(results, ks, top=top)
+        stable_seeds = _stable_from(seed_table["same_top"] == 1.0)
     return KAblation(ks=ks, result=result, rankings=rk, table=table, kendall_tau=tau_s,
-                     stable_k=first_stable_k(rankings, top=top), top=top, stable_k_all=first_stable_k(rankings))
+                     stable_k=first_stable_k(rankings, top=top), top=top, stable_k_all=first_stable_k(rankings),
+                     results=results, seed_table=seed_table, stable_k_seeds=stable_seeds)
