@@ -12,11 +12,13 @@ from .evaluation.panels import (
     TESTS,
     MinimalPanel,
     MultiStageResult,
+    NestedRanking,
     PanelComparison,
     PanelSearch,
     compare_panels,
     minimal_panel,
     multistage_design,
+    nested_rankings,
     paired_tests,
 )
 from .evaluation.repeats import KAblation, first_stable_k, k_ablation
@@ -36,5 +38,7 @@ __all__ = [
     "leave_one_channel_out",
     "side_by_side",
     "paired_tests",
+    "NestedRanking",
+    "nested_rankings",
     "TESTS",
 ]

@@ -146,16 +146,36 @@ def test_compare_panels_contract_and_planted_order(comparison, ds):
     assert m["all channels"] > 0.9
     assert m["stain-free + top-2"] > 0.9
     assert m["stain-free"] < 0.5 and m["stain-free + top-1"] < m["stain-free + top-2"] - 0.3
-    # tests: one row per smaller panel, p-values agree with scipy, decision follows alpha
+    # tests: one row per smaller panel, in the fixed sequence's order (largest top-k first, stain-free last)
     t = cmp.tests.set_index("panel")
-    assert list(t.index) == ["stain-free", "stain-free + top-1", "stain-free + top-2"]
+    assert list(t.index) == ["stain-free + top-2", "stain-free + top-1", "stain-free"]
     ref = cmp.cv_results["all channels"].f1_macro
+    # Nadeau-Bengio ratio from the actual split sizes: 240 cells, 2 folds -> 120 test; 120 - ceil(0.2 * 120) = 96
+    # fitted (the validation split is not training data): 1.25, not the 1.0 of test / (train + validation)
+    assert cmp.info["test_train_ratio"] == pytest.approx(120 / 96)
     for name, row in t.iterrows():
         other = cmp.cv_results[name].f1_macro
-        assert row.mean_diff == pytest.approx(np.mean(ref - other))
-        assert row.significant == (row.p_ttest < 0.05)
+        d = ref - other
+        assert row.mean_diff == pytest.approx(np.mean(d))
+        tc = d.mean() / np.sqrt((1 / 2 + 1.25) * d.var(ddof=1))
+        assert row.p_corrected_ttest == pytest.approx(stats.t.sf(tc, 1))
+        assert row.ni_upper == pytest.approx(d.mean() + stats.t.ppf(0.95, 1) * np.sqrt((1 / 2 + 1.25) * d.var(ddof=1)))
+    # "significantly below": the chosen test (corrected t by default), Holm-adjusted over the three panels
+    p = t["p_corrected_ttest"].to_numpy()
+    order = np.argsort(p)
+    holm = np.maximum.accumulate(np.minimum(1, (3 - np.arange(3)) * p[order]))
+    np.testing.assert_allclose(t["p_holm"].to_numpy()[order], holm)
+    assert (t["significant"] == (t["p_holm"] < 0.05)).all()
     assert not t.loc["stain-free + top-2", "significant"]
-    assert "not significantly below" in cmp.statement().splitlines()[2]
+    # the decision: fixed sequence over non-inferiority p-values, nothing tested after the first failure
+    seq = t["fixed_sequence"].tolist()
+    first_fail = next((i for i, s in enumerate(seq) if s != "non-inferior"), len(seq))
+    assert all(s == "non-inferior" for s in seq[:first_fail])
+    assert all(s == "not tested" for s in seq[first_fail + 1:])
+    assert t.loc["stain-free", "fixed_sequence"] != "non-inferior"  # 0.2 vs 1.0 F1 is never accepted
+    text = cmp.statement()
+    assert "familywise" in text and "fixed-sequence" in text
+    assert "stain-free + top-2" in text.splitlines()[0]
     assert cmp.info["n_trainings"] == 8 and cmp.info["ranked_stains"] == ["A", "B", "Noise"]
 
 
@@ -185,10 +205,16 @@ def test_paired_tests_match_scipy_and_document_small_sample_limits():
     assert out["mean_diff"] == pytest.approx(np.mean(a - b))
     assert out["p_ttest"] == pytest.approx(stats.ttest_rel(a, b, alternative="greater").pvalue)
     assert out["p_wilcoxon"] == pytest.approx(stats.wilcoxon(a - b, alternative="greater").pvalue)
-    # Nadeau-Bengio: variance inflated by (1/n + n_test/n_train) / (1/n) -> larger p
+    # Nadeau-Bengio: variance inflated by (1/n + n_test/n_train) / (1/n); with the 20 % validation split the
+    # model is fitted on 0.8 * 0.8 of the cells: n_test/n_train = 0.2 / 0.64 = 0.3125 (not 0.25)
     d = a - b
-    tc = d.mean() / np.sqrt((1 / 5 + 0.2 / 0.8) * d.var(ddof=1))
+    assert out["test_train_ratio"] == pytest.approx(0.3125)
+    tc = d.mean() / np.sqrt((1 / 5 + 0.3125) * d.var(ddof=1))
     assert out["p_corrected_ttest"] == pytest.approx(stats.t.sf(tc, 4))
+    old = d.mean() / np.sqrt((1 / 5 + 0.25) * d.var(ddof=1))  # the former ratio ignored the validation split
+    assert out["p_corrected_ttest"] > stats.t.sf(old, 4) * 1.01
+    assert paired_tests(a, b, validation_fraction=0.0)["p_corrected_ttest"] == pytest.approx(stats.t.sf(old, 4))
+    assert paired_tests(a, b, test_train_ratio=0.3125)["p_corrected_ttest"] == pytest.approx(out["p_corrected_ttest"])
     assert out["p_corrected_ttest"] > out["p_ttest"]
     # with 5 folds all positive, the exact one-sided Wilcoxon cannot go below 1/32
     assert out["p_wilcoxon"] == pytest.approx(1 / 32)
@@ -205,19 +231,24 @@ def test_paired_tests_match_scipy_and_document_small_sample_limits():
 # ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def minimal(ds):
-    return minimal_panel(ds, ["A", "B", "Noise", "Empty"], tolerance=0.05, greedy=True, n_splits=2, progress=False,
+    return minimal_panel(ds, ["A", "B", "Noise", "Empty"], margin=0.1, greedy=True, n_splits=4, progress=False,
                          **FAST)
 
 
 def test_minimal_panel_ranking_and_greedy_find_the_planted_stains(minimal):
     mp = minimal
     assert isinstance(mp, MinimalPanel)
+    assert mp.info["decision"] == "non-inferior"
     assert mp.stains == ["A", "B"] and mp.panel == ["BF", "A", "B"]
     rk = mp.searches["ranking"]
-    assert rk.found and rk.path.n_stains.tolist() == [0, 1, 2]
-    assert rk.path.within_tolerance.tolist() == [False, False, True]
-    assert rk.n_trainings == 2 * 4  # all channels + stain-free + top-1 + top-2, 2 folds each
-    assert mp.threshold == pytest.approx(mp.reference_score - 0.05)
+    # fixed sequence from the largest panel down (all stains but one), stopping at the first failure
+    assert rk.found and rk.path.n_stains.tolist() == [3, 2, 1]
+    assert rk.path.non_inferior.tolist() == [True, True, False]
+    assert (rk.path.non_inferior == (rk.path.ni_p < 0.05)).all()
+    assert (rk.path.non_inferior == (rk.path.ni_upper < 0.1)).all()
+    assert rk.n_trainings == 4 * 4  # all channels + top-3 + top-2 + top-1, 4 folds each
+    assert mp.threshold == pytest.approx(mp.reference_score - 0.1) and mp.margin == 0.1
+    assert mp.info["test_train_ratio"] == pytest.approx(60 / (180 - 36))
     # greedy forward selection picks the planted stains before noise / empty
     gr = mp.searches["greedy"]
     assert sorted(gr.stains) == ["A", "B"] and gr.found
@@ -226,16 +257,19 @@ def test_minimal_panel_ranking_and_greedy_find_the_planted_stains(minimal):
     assert step1.loc[step1.chosen, "added"].item() in ("A", "B")
     assert gr.n_trainings > rk.n_trainings
     # trainings actually run: each distinct panel once, shared ones not twice
-    assert mp.n_trainings == 2 * len(mp.cv_results)
+    assert mp.n_trainings == 4 * len(mp.cv_results)
     assert mp.n_trainings < rk.n_trainings + gr.n_trainings
     assert gr.path.cached.any()
     tidy = mp.path
     assert set(tidy.strategy) == {"ranking", "greedy"}
+    assert "exploratory" in mp.summary() and "fixed sequence" in mp.summary()
 
 
 def test_minimal_panel_validation(ds):
-    with pytest.raises(ValueError, match="tolerance"):
-        minimal_panel(ds, ["A"], tolerance=-0.1, n_splits=2, progress=False, **FAST)
+    with pytest.raises(ValueError, match="margin"):
+        minimal_panel(ds, ["A"], margin=-0.1, n_splits=2, progress=False, **FAST)
+    with pytest.raises(ValueError, match="margin"), pytest.warns(FutureWarning, match="margin"):
+        minimal_panel(ds, ["A"], tolerance=0.0, n_splits=2, progress=False, **FAST)
     with pytest.raises(ValueError, match="n_splits"):
         minimal_panel(ds, ["A"], n_splits=1, progress=False, **FAST)
     with pytest.raises(TypeError, match="IFCDataset"):

@@ -14,7 +14,8 @@ module                 what it holds
 :mod:`.agreement`      :func:`ranking_channels`, :func:`score_ranking`,
                        :func:`score_rankings` -- agreement with a known ranking
 :mod:`.panels`         :func:`compare_panels`, :func:`minimal_panel`,
-                       :func:`multistage_design`, :func:`paired_tests`
+                       :func:`multistage_design`, :func:`paired_tests`,
+                       :func:`nested_rankings`
 :mod:`.repeats`        :func:`k_ablation`, :func:`first_stable_k`
 :mod:`.loco`           :func:`leave_one_channel_out`, :func:`runtime_vs_loco`,
                        :func:`side_by_side`
@@ -28,11 +29,13 @@ from .loco import leave_one_channel_out, runtime_vs_loco, side_by_side
 from .panels import (
     MinimalPanel,
     MultiStageResult,
+    NestedRanking,
     PanelComparison,
     PanelSearch,
     compare_panels,
     minimal_panel,
     multistage_design,
+    nested_rankings,
     paired_tests,
 )
 from .repeats import KAblation, first_stable_k, k_ablation
@@ -56,6 +59,8 @@ __all__ = [
     "MultiStageResult",
     "multistage_design",
     "paired_tests",
+    "NestedRanking",
+    "nested_rankings",
     "cv_importance",
     "KAblation",
     "k_ablation",

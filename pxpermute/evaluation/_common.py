@@ -84,6 +84,25 @@ def progress_bar(iterable: Any, progress: bool, desc: str, total: int | None = N
     return tqdm(iterable, desc=desc, total=total)
 
 
+def cv_test_train_ratio(cv: Any) -> float:
+    """``n_test / n_train`` of a cross-validation, from its actual split sizes (the Nadeau-Bengio ratio).
+
+    ``n_train`` counts the cells the model was *fitted* on: the training part of
+    each fold minus its validation split (``valid_fraction``, used for early
+    stopping; sklearn's ``train_test_split`` holds out ``ceil(v * n)`` cells).
+    Averaged over the folds.  For 5 folds and the 20 % validation split this is
+    about 0.2 / (0.8 * 0.8) = 0.3125 (0.25 if the validation split is forgotten).
+    """
+    import math
+
+    v = cv.params.get("valid_fraction") or 0.0
+    n_test = [len(t) for t in cv.test_indices]
+    n_fit = [len(tr) - (math.ceil(float(v) * len(tr)) if v else 0) for tr in cv.train_indices]
+    if not n_test or min(n_fit) <= 0:
+        raise ValueError("the cross-validation has no fitted cells; cannot compute n_test / n_train")
+    return float(np.mean(n_test) / np.mean(n_fit))
+
+
 def fmt(x: float, digits: int = 3) -> str:
     """A number for summaries ("nan" stays readable)."""
     return "nan" if x is None or not np.isfinite(x) else f"{x:.{digits}f}"

@@ -8,35 +8,58 @@ every channel subset, because the folds depend only on the labels and
 
 * :func:`compare_panels` -- stain-free channels only vs stain-free + top-k
   stains of a ranking vs all channels (the paper's Fig. 5), with 95 % CIs over
-  folds and paired tests across folds.
-* :func:`minimal_panel` -- the smallest set of stains whose cross-validated
-  F1-macro stays within a tolerance of all channels, searched along the ranking
-  (and, for comparison, by greedy forward selection), with the trainings spent.
+  folds and a non-inferiority decision per panel.
+* :func:`minimal_panel` -- the smallest set of stains shown to lose less than a
+  margin of cross-validated F1-macro against all channels, tested along the
+  ranking (and, for comparison, by greedy forward selection), with the trainings
+  spent.
+* :func:`nested_rankings` -- rankings computed on the training part of every
+  outer fold, so the cells that judge a panel never chose it.
 * :func:`multistage_design` -- more candidate markers than one instrument run
   holds: rank the markers run by run, keep the best of each, then rank the union
   in a final run (the paper's example: 20 markers, 10 per run, top 5 of each).
-* :func:`paired_tests` -- the paired tests across folds used above.
+* :func:`paired_tests` -- the paired superiority tests across folds.
 
 Statistics across folds
 -----------------------
 Cross-validation gives one score per fold, i.e. 5 numbers with the default
 5 folds.  Confidence intervals are Student-t intervals over folds
 (:func:`pxpermute.stats.t_interval`); they cover fold-to-fold variation (which
-cells are held out, and the training run), nothing else.  Panels are compared
-with *paired* tests on the per-fold differences (same test cells for every panel):
+cells are held out, and the training run), nothing else -- not a new sample,
+donor or instrument.
+
+*Is a smaller panel as good?*  "Not significantly below all channels" does
+not answer this: with 5 folds a panel truly 0.028 F1 worse passes that reading
+most of the time.  The decision is **non-inferiority at a margin** chosen before
+looking (:func:`pxpermute.inference.noninferiority_test`): the panel is accepted
+when the one-sided upper confidence bound of its loss is below the margin, and
+is otherwise **"inconclusive"** (or "worse" when even the lower bound exceeds
+the margin).  The bound uses the Nadeau & Bengio (2003) corrected resampled
+t: CV training sets overlap, so fold scores are positively correlated and the
+variance is inflated by ``1/J + n_test/n_train``, where ``n_train`` counts the
+cells a model is *fitted* on -- the training part minus the validation split
+used for early stopping (5 folds, 20 % validation: 0.2 / 0.64 = 0.3125, not
+0.25).  The ratio is computed from the actual split sizes.
+
+*Several panels.*  Nested panels (stain-free + top-K, ..., top-1, stain-free
+only) are tested in a **fixed sequence** from the largest down, each at
+``alpha``, stopping at the first panel not shown non-inferior
+(:func:`pxpermute.inference.fixed_sequence`): the familywise error of all
+"non-inferior" claims is at most ``alpha`` without adjustment.  The
+superiority readings ("significantly below all channels") are Holm-adjusted.
+
+*Where the ranking comes from.*  A ranking computed on the cells that later
+judge its panels favours them.  ``ranking="pxpermute"`` (or any ranking
+function) recomputes the ranking on each outer fold's training cells (nested
+cross-validation, the default whenever the ranking can be recomputed).
+
+The superiority tests of :func:`paired_tests`:
 
 * paired t-test (``"ttest"``, one-sided: is the panel below all channels?);
-* the Nadeau & Bengio (2003) corrected paired t-test (``"corrected_ttest"``):
-  CV training sets overlap, so fold scores are positively correlated and the
-  plain t-test is too liberal; the correction inflates the variance by
-  ``1/n + n_test/n_train``;
+* the Nadeau & Bengio corrected paired t-test (``"corrected_ttest"``, the default);
 * Wilcoxon signed-rank test (``"wilcoxon"``, exact).  With 5 folds its smallest
   possible one-sided p-value is 1/32 = 0.031 (two-sided 0.0625), and with
-  2 or 3 folds it can never fall below 0.05: a non-significant Wilcoxon result
-  on 5 folds says little.
-
-With so few folds every test has little power: "not significantly below"
-is not evidence of equivalence -- look at the CIs and the mean difference too.
+  2 or 3 folds it can never fall below 0.05.
 """
 from __future__ import annotations
 
@@ -45,6 +68,7 @@ import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -66,6 +90,7 @@ from ..stats import t_interval
 from ._common import (
     as_dataset,
     check_n_splits,
+    cv_test_train_ratio,
     fmt,
     model_label,
     names_of,
@@ -77,6 +102,10 @@ from .retrain import SubsetTrainer
 
 __all__ = [
     "paired_tests",
+    "panel_decisions",
+    "noninferiority_sequence",
+    "NestedRanking",
+    "nested_rankings",
     "PanelComparison",
     "compare_panels",
     "PanelSearch",
@@ -86,7 +115,7 @@ __all__ = [
     "multistage_design",
 ]
 
-TESTS = ("ttest", "corrected_ttest", "wilcoxon")
+TESTS = ("corrected_ttest", "ttest", "wilcoxon")
 
 
 def _cv_results_to_bundle(cvs: Mapping[Any, Any], prefix: str) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
@@ -117,17 +146,31 @@ def paired_tests(
     other: Sequence[float],
     *,
     test_fraction: float | None = None,
+    validation_fraction: float = 0.2,
+    test_train_ratio: float | None = None,
     alternative: str = "greater",
 ) -> dict[str, float]:
     """Paired tests of per-fold scores: is ``reference`` higher than ``other``?
+
+    Superiority tests: a small p-value is evidence that ``other`` is worse; a
+    large one is *not* evidence that it is as good (use
+    :func:`pxpermute.inference.noninferiority_test` for that question).
 
     Parameters
     ----------
     reference, other : sequence of float
         Per-fold scores on the same folds (e.g. all channels and a smaller panel).
     test_fraction : float, optional
-        Held-out fraction per fold (``1 / n_splits`` for k-fold CV); enables the
-        Nadeau & Bengio corrected t-test (default ``1 / n_folds``).
+        Held-out fraction per fold (default ``1 / n_folds``, k-fold CV).
+    validation_fraction : float, default 0.2
+        Share of each training part held out for early stopping (the package's
+        ``valid_fraction``, 20 % by default; 0 if none): the model is fitted on
+        ``(1 - test_fraction)(1 - validation_fraction)`` of the cells.
+    test_train_ratio : float, optional
+        ``n_test / n_train`` of the Nadeau & Bengio correction, given directly
+        (e.g. from the actual split sizes; overrides the two fractions).  Default
+        ``test_fraction / ((1 - test_fraction)(1 - validation_fraction))``:
+        0.3125 for 5 folds with the 20 % validation split.
     alternative : {"greater", "two-sided"}
         ``"greater"``: one-sided, H1 reference > other.
 
@@ -135,15 +178,16 @@ def paired_tests(
     -------
     dict
         ``mean_diff`` (reference - other), ``t``, ``p_ttest``, ``t_corrected``,
-        ``p_corrected_ttest``, ``p_wilcoxon`` (NaN for fewer than 2 folds).  When
-        all differences are equal (zero variance) the t-tests return p = 0 for a
-        positive and p = 1 for a non-positive difference (one-sided).
+        ``p_corrected_ttest``, ``p_wilcoxon`` (NaN for fewer than 2 folds) and
+        ``test_train_ratio`` (the ratio used).  When all differences are equal
+        (zero variance) the t-tests return p = 0 for a positive and p = 1 for a
+        non-positive difference (one-sided).
 
     Examples
     --------
     >>> out = paired_tests([0.9, 0.92, 0.91, 0.9, 0.93], [0.85, 0.9, 0.86, 0.84, 0.9])
-    >>> out["mean_diff"] > 0 and out["p_ttest"] < 0.05
-    True
+    >>> out["mean_diff"] > 0 and out["p_ttest"] < 0.05, out["test_train_ratio"]
+    (True, 0.3125)
     """
     a, b = np.asarray(reference, float), np.asarray(other, float)
     if a.shape != b.shape or a.ndim != 1:
@@ -153,12 +197,19 @@ def paired_tests(
     d = a - b
     n = d.size
     out = {"mean_diff": float(d.mean()) if n else float("nan"), "t": float("nan"), "p_ttest": float("nan"),
-           "t_corrected": float("nan"), "p_corrected_ttest": float("nan"), "p_wilcoxon": float("nan")}
+           "t_corrected": float("nan"), "p_corrected_ttest": float("nan"), "p_wilcoxon": float("nan"),
+           "test_train_ratio": float("nan")}
     if n < 2:
         return out
-    frac = 1.0 / n if test_fraction is None else float(test_fraction)
-    if not 0 < frac < 1:
-        raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction!r}")
+    if test_train_ratio is None:
+        frac = 1.0 / n if test_fraction is None else float(test_fraction)
+        if not 0 < frac < 1:
+            raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction!r}")
+        v = check_float(validation_fraction, "validation_fraction", low=0, high=1, closed="left")
+        ratio = frac / ((1.0 - frac) * (1.0 - v))
+    else:
+        ratio = check_float(test_train_ratio, "test_train_ratio", low=0)
+    out["test_train_ratio"] = round(float(ratio), 12)
     sd = d.std(ddof=1)
     mean = d.mean()
 
@@ -173,7 +224,7 @@ def paired_tests(
                    t_corrected=float(np.sign(mean) * np.inf) if mean else 0.0, p_corrected_ttest=degenerate)
     else:
         t = mean / (sd / math.sqrt(n))
-        tc = mean / math.sqrt((1.0 / n + frac / (1.0 - frac)) * sd**2)
+        tc = mean / math.sqrt((1.0 / n + ratio) * sd**2)
         out.update(t=float(t), p_ttest=p_of(t), t_corrected=float(tc), p_corrected_ttest=p_of(tc))
     if np.all(d == 0):
         out["p_wilcoxon"] = 1.0
@@ -182,6 +233,322 @@ def paired_tests(
             warnings.simplefilter("ignore")
             out["p_wilcoxon"] = float(stats.wilcoxon(d, alternative=alternative).pvalue)
     return out
+
+
+def _holm(p: Sequence[float]) -> np.ndarray:
+    """Holm (1979) step-down adjusted p-values (familywise error under any dependence); NaN stays NaN."""
+    p = np.asarray(p, float)
+    out = np.full(p.shape, np.nan)
+    ok = np.isfinite(p)
+    m = int(ok.sum())
+    if m:
+        vals = p[ok]
+        order = np.argsort(vals, kind="stable")
+        adj = np.maximum.accumulate((m - np.arange(m)) * vals[order])
+        res = np.empty(m)
+        res[order] = np.minimum(adj, 1.0)
+        out[ok] = res
+    return out
+
+
+def panel_decisions(
+    reference: Sequence[float],
+    panels: Mapping[str, Sequence[float]],
+    *,
+    margin: float,
+    alpha: float = 0.05,
+    test_train_ratio: float,
+    test: str = "corrected_ttest",
+) -> pd.DataFrame:
+    """The panel decision of :func:`compare_panels` and :func:`minimal_panel`, from per-fold scores.
+
+    ``panels`` maps panel names to per-fold scores on the same folds as
+    ``reference`` (all channels), **in the order of the fixed sequence**
+    (nested panels from the largest down).  For each panel: the superiority
+    tests of :func:`paired_tests` (the ``test`` p-value Holm-adjusted over the
+    panels -> ``significant``), the non-inferiority test at ``margin``
+    (:func:`pxpermute.inference.noninferiority_test`: ``ni_upper``,
+    ``ni_lower``, ``ni_p``, ``ni_outcome``), and ``fixed_sequence``: the
+    decision -- ``"non-inferior"``, ``"inconclusive"`` (tested, not shown) or
+    ``"not tested"`` (after the first panel not shown non-inferior).  The
+    familywise error of the "non-inferior" decisions is at most ``alpha``.
+
+    Examples
+    --------
+    >>> ref = [0.90, 0.91, 0.92, 0.90, 0.91]
+    >>> out = panel_decisions(ref, {"top-2": [0.899, 0.909, 0.919, 0.9, 0.909], "top-1": [0.8, 0.85, 0.8, 0.82, 0.8]},
+    ...                       margin=0.02, test_train_ratio=0.3125)
+    >>> out["fixed_sequence"].tolist()
+    ['non-inferior', 'inconclusive']
+    """
+    check_choice(test, "test", TESTS)
+    ref = np.asarray(reference, float)
+    rows = [dict(panel=name, **paired_tests(ref, np.asarray(sc, float), test_train_ratio=test_train_ratio), test=test)
+            for name, sc in panels.items()]
+    out = pd.DataFrame(rows)
+    if len(out):
+        ni = noninferiority_sequence(ref, panels, margin=margin, alpha=alpha, test_train_ratio=test_train_ratio)
+        for key in ("ni_upper", "ni_lower", "ni_p", "ni_outcome"):
+            out[key] = [r[key] for r in ni]
+        out["p_holm"] = _holm(out[f"p_{test}"].to_numpy(float))
+        out["significant"] = [bool(np.isfinite(p) and p < alpha) for p in out["p_holm"]]
+        out["fixed_sequence"] = [r["decision"] for r in ni]
+    return out
+
+
+def noninferiority_sequence(
+    reference: Sequence[float],
+    panels: Mapping[str, Sequence[float]],
+    *,
+    margin: float,
+    alpha: float = 0.05,
+    test_train_ratio: float,
+) -> list[dict[str, Any]]:
+    """The decision alone: non-inferiority of each panel, tested in the given (fixed) order.
+
+    One dict per panel, in order: ``panel``, ``ni_upper``, ``ni_lower``, ``ni_p``,
+    ``ni_outcome`` (the panel's own test) and ``decision`` (``"non-inferior"``,
+    ``"inconclusive"``, ``"not tested"``; familywise error <= alpha).
+    """
+    from ..inference import fixed_sequence, noninferiority_test
+
+    ref = np.asarray(reference, float)
+    rows = []
+    for name, sc in panels.items():
+        ni = noninferiority_test(ref, np.asarray(sc, float), margin=margin, test_train_ratio=test_train_ratio,
+                                 alpha=alpha)
+        rows.append(dict(panel=name, ni_upper=ni["upper"], ni_lower=ni["lower"], ni_p=ni["p_value"],
+                         ni_outcome=ni["outcome"]))
+    words = {"rejected": "non-inferior", "not rejected": "inconclusive", "not tested": "not tested"}
+    for r, o in zip(rows, fixed_sequence([r["ni_p"] for r in rows], alpha=alpha)):
+        r["decision"] = words[o["outcome"]]
+    return rows
+
+
+# =============================================================================
+# rankings computed without the judged cells (nested cross-validation)
+# =============================================================================
+@dataclass(repr=False)
+class NestedRanking:
+    """Channel rankings computed on the training part of every outer fold (nested cross-validation).
+
+    A ranking that chose a panel must not have seen the cells that judge the
+    panel, or the comparison favours the panel (selection on the test data).
+    ``fold_rankings[f]`` was computed only from the training cells of outer
+    fold ``f``, i.e. never from ``test_indices[f]``; :func:`compare_panels` and
+    :func:`minimal_panel` build fold ``f``'s panels from it and judge them on
+    ``test_indices[f]``.
+
+    Attributes
+    ----------
+    fold_rankings : list of list of str
+        Per outer fold: channel names, most important first.
+    test_indices : list of np.ndarray
+        The outer folds' test cells (stratified k-fold with ``random_state``,
+        the folds of :func:`~pxpermute.training.cross_validate`).
+    n_splits : int
+    random_state : int
+    info : dict
+        ``method``, ``n_trainings`` (spent on the rankings), ``seconds``.
+    """
+
+    fold_rankings: list[list[str]]
+    test_indices: list[np.ndarray]
+    n_splits: int
+    random_state: int
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def consensus(self) -> list[str]:
+        """All channels ordered by their mean rank over the folds' rankings (the panel to report)."""
+        names = list(dict.fromkeys(c for r in self.fold_rankings for c in r))
+        pos = {c: [r.index(c) if c in r else len(r) for r in self.fold_rankings] for c in names}
+        return sorted(names, key=lambda c: (float(np.mean(pos[c])), names.index(c)))
+
+    def __repr__(self) -> str:
+        return (f"NestedRanking({self.n_splits} outer folds, method={self.info.get('method')}, "
+                f"consensus {self.consensus()[:5]})")
+
+
+def _pxpermute_ranking(train_part: IFCDataset, *, inner_splits: int, n_repeats: int, random_state: int,
+                       train_kwargs: Mapping[str, Any]) -> ImportanceResult:
+    """The built-in ranking of a training part: inner CV, PXPermute on each inner held-out fold."""
+    from .crossval import cv_importance
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*importance exactly 0.*")
+        return cv_importance(train_part, n_splits=inner_splits, n_repeats=n_repeats, random_state=random_state,
+                             **dict(train_kwargs))
+
+
+def _names_of_ranking(res: Any, ds: IFCDataset) -> list[str]:
+    if isinstance(res, ImportanceResult):
+        names = list(res.ranked_channels)
+    elif isinstance(res, (str, bytes)) or not isinstance(res, (Sequence, np.ndarray, pd.Index, pd.Series)):
+        raise TypeError(f"a ranking function must return an ImportanceResult or a list of channels, got "
+                        f"{type(res).__name__}")
+    else:
+        names = [ds.channel_names[i] for i in resolve_channels(list(res), ds.channel_names)]
+    unknown = [n for n in names if n not in ds.channel_names]
+    if unknown:
+        raise ValueError(f"the ranking scores channels {unknown} that the data set does not have")
+    return names
+
+
+def nested_rankings(
+    dataset: IFCDataset,
+    ranking_fn: str | Callable[[IFCDataset], Any] = "pxpermute",
+    *,
+    n_splits: int = 5,
+    random_state: int | None = 42,
+    inner_splits: int = 2,
+    n_repeats: int = 20,
+    progress: bool = True,
+    **train_kwargs: Any,
+) -> NestedRanking:
+    """Rank the channels once per outer fold, from that fold's training cells only.
+
+    Parameters
+    ----------
+    dataset : IFCDataset
+    ranking_fn : "pxpermute" or callable ``IFCDataset -> ImportanceResult | list of channels``
+        ``"pxpermute"``: :func:`~pxpermute.evaluation.cv_importance` on the training
+        part with ``inner_splits`` inner folds and ``n_repeats`` permutations
+        (``inner_splits`` trainings per outer fold, on ``1 - 1/n_splits`` of the
+        cells).  A callable receives the training part (``dataset.subset``) and
+        must not see anything else.
+    n_splits, random_state
+        The outer folds: the same stratified split as
+        :func:`~pxpermute.training.cross_validate` with these values (``None``
+        draws one seed, recorded).
+    inner_splits : int, default 2
+    n_repeats : int, default 20
+        k of the built-in ranking.
+    progress : bool, default True
+    **train_kwargs
+        Training options of the built-in ranking (``model``, ``max_epochs`` ...).
+
+    Returns
+    -------
+    NestedRanking
+    """
+    from sklearn.model_selection import StratifiedKFold
+
+    from .._validation import check_random_state
+
+    ds = as_dataset(dataset, "nested_rankings")
+    n_splits = check_n_splits(n_splits)
+    if random_state is None:
+        random_state = int(np.random.SeedSequence().generate_state(1)[0] % (2**31 - 1))
+    random_state = check_random_state(random_state)
+    if isinstance(ranking_fn, str):
+        check_choice(ranking_fn, "ranking_fn", ("pxpermute",))
+        inner_splits = check_int(inner_splits, "inner_splits", low=2)
+        n_repeats = check_int(n_repeats, "n_repeats", low=1)
+        fn: Callable[[IFCDataset], Any] = partial(_pxpermute_ranking, inner_splits=inner_splits, n_repeats=n_repeats,
+                                                  random_state=random_state, train_kwargs=train_kwargs)
+        method = f"pxpermute (cv_importance, {inner_splits} inner folds, k={n_repeats})"
+    elif callable(ranking_fn):
+        fn, method = ranking_fn, getattr(ranking_fn, "__name__", type(ranking_fn).__name__)
+    else:
+        raise TypeError(f"ranking_fn must be 'pxpermute' or a callable IFCDataset -> ranking, got {ranking_fn!r}")
+    skf = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=random_state)
+    split = list(skf.split(np.zeros(len(ds)), ds.labels))
+    t0 = time.perf_counter()
+    rankings, trainings = [], 0
+    for tr, _ in progress_bar(split, progress, "rankings per outer fold"):
+        res = fn(ds.subset(np.sort(tr)))
+        trainings += int(res.info.get("n_trainings", 0)) if isinstance(res, ImportanceResult) else 0
+        rankings.append(_names_of_ranking(res, ds))
+    return NestedRanking(fold_rankings=rankings, test_indices=[np.asarray(te) for _, te in split], n_splits=n_splits,
+                         random_state=random_state,
+                         info={"method": method, "n_trainings": trainings, "seconds": time.perf_counter() - t0,
+                               "data": ds.name})
+
+
+@dataclass
+class _Ranking:
+    """A resolved ranking: per fold, the stains in order (the same list in every fold unless nested)."""
+
+    fold_stains: list[list[int]]
+    report_stains: list[int]
+    nested: bool
+    label: str
+    nested_ranking: NestedRanking | None = None
+
+
+def _resolve_ranking(ds: IFCDataset, ranking: Any, *, nested: bool | None, n_splits: int, random_state: Any,
+                     inner_splits: int, n_repeats: int, progress: bool, train_kwargs: Mapping[str, Any],
+                     fn_name: str) -> tuple[_Ranking, Any]:
+    """Fold-wise stains of a ranking; computes nested rankings where the ranking can be recomputed."""
+    recomputable = isinstance(ranking, (NestedRanking, str)) or (callable(ranking) and not isinstance(
+        ranking, (ImportanceResult, Sequence, np.ndarray, pd.Index, pd.Series)))
+    if nested is None:
+        nested = recomputable
+    if isinstance(ranking, str) and ranking != "pxpermute":
+        raise TypeError(f"ranking must be an ImportanceResult, a sequence of channels, 'pxpermute', a function or a "
+                        f"NestedRanking, got the string {ranking!r}")
+    if nested and not recomputable:
+        raise ValueError(f"nested=True needs a ranking that {fn_name}() can recompute per outer fold: 'pxpermute', a "
+                         "function IFCDataset -> ranking, or a NestedRanking; a fixed ranking was given")
+    if isinstance(ranking, NestedRanking):
+        if not nested:
+            raise ValueError("a NestedRanking is only used nested; pass nested=None or True")
+        if ranking.n_splits != n_splits:
+            raise ValueError(f"the NestedRanking has {ranking.n_splits} outer folds, but n_splits={n_splits}")
+        if random_state is not None and int(random_state) != ranking.random_state:
+            raise ValueError(f"the NestedRanking's folds use random_state={ranking.random_state}, but "
+                             f"random_state={random_state}; pass the same seed (or None to take the ranking's)")
+        random_state = ranking.random_state
+    if nested:
+        if random_state is None:
+            random_state = int(np.random.SeedSequence().generate_state(1)[0] % (2**31 - 1))
+        nr = ranking if isinstance(ranking, NestedRanking) else nested_rankings(
+            ds, ranking, n_splits=n_splits, random_state=random_state, inner_splits=inner_splits, n_repeats=n_repeats,
+            progress=progress, **dict(train_kwargs))
+        fold_stains = [ranked_stains(ds, r) for r in nr.fold_rankings]
+        rk = _Ranking(fold_stains, ranked_stains(ds, nr.consensus()), True,
+                      f"nested: {nr.info.get('method')} on each outer fold's training cells", nr)
+        return rk, random_state
+    if recomputable:  # a function, not nested: computed once on all cells (the judged ones included)
+        fn = partial(_pxpermute_ranking, inner_splits=inner_splits, n_repeats=n_repeats,
+                     random_state=random_state if random_state is not None else 0,
+                     train_kwargs=train_kwargs) if isinstance(ranking, str) else ranking
+        stains = ranked_stains(ds, _names_of_ranking(fn(ds), ds))
+        return _Ranking([stains] * n_splits, stains, False, "computed on all cells (not nested)"), random_state
+    stains = ranked_stains(ds, ranking)
+    if isinstance(ranking, ImportanceResult) and ranking.info.get("data") not in (None, "") \
+            and ranking.info.get("data") == ds.name:
+        warnings.warn(f"the ranking was computed on data named {ds.name!r}, like the data set it now judges: if these "
+                      "are the same cells, the comparison favours the ranking's panels (selection on the test data). "
+                      "Pass ranking='pxpermute' or a ranking function for nested cross-validation.", stacklevel=3)
+    return _Ranking([stains] * n_splits, stains, False, ranking_label(ranking)), random_state
+
+
+class _Scores:
+    """Per-fold scores of one panel (fixed or nested), with the channels used in each fold."""
+
+    def __init__(self, f1: np.ndarray, acc: np.ndarray, channels: list[str], cvs: dict[str, Any], new: int) -> None:
+        self.f1, self.acc, self.channels, self.cvs, self.new = f1, acc, channels, cvs, new
+
+
+def _fit_panel(cache: SubsetTrainer, per_fold: list[list[int]], name: str, progress: bool) -> _Scores:
+    """Train a panel whose channels may differ between folds (nested); one CV when they do not."""
+    keys = [SubsetTrainer.key(s) for s in per_fold]
+    if len(set(keys)) == 1:
+        cv, new = cache.fit_many([keys[0]], progress=progress, desc=name)[0]
+        return _Scores(np.asarray(cv.f1_macro, float), np.asarray(cv.accuracy, float),
+                       [",".join(cv.channels)] * len(keys), {name: cv}, new)
+    got = cache.fit_folds([(k, f) for f, k in enumerate(keys)], progress=progress, desc=name)
+    f1 = np.array([cv.f1_macro[pos] for cv, pos, _ in got], float)
+    acc = np.array([cv.accuracy[pos] for cv, pos, _ in got], float)
+    chans = [",".join(cv.channels) for cv, _, _ in got]
+    cvs = {f"{name} [fold {f}]": cv for f, (cv, _, _) in enumerate(got)}
+    return _Scores(f1, acc, chans, cvs, sum(c for _, _, c in got))
+
+
+FAMILY_NOTE = ("familywise: the non-inferiority claims are made by fixed-sequence testing (largest panel first, "
+               "stain-free last, each at alpha, stop at the first panel not shown non-inferior), so the chance that "
+               "any of them is false is at most alpha, without adjustment")
 
 
 # =============================================================================
@@ -198,20 +565,27 @@ class PanelComparison(SavableResult):
     ----------
     scores : DataFrame
         Tidy, one row per (panel, fold): ``panel``, ``kind`` (``"stain-free"``,
-        ``"top-k"``, ``"all"``), ``k``, ``n_channels``, ``channels``, ``fold``,
-        ``f1_macro``, ``accuracy``.
+        ``"top-k"``, ``"all"``), ``k``, ``n_channels``, ``channels`` (nested:
+        the channels of that fold's panel), ``fold``, ``f1_macro``, ``accuracy``.
     panel_table : DataFrame
         One row per panel: mean, std and 95 % t-CI over folds of F1-macro and
         accuracy (also :meth:`summary_frame`).
     tests : DataFrame
-        One row per smaller panel vs all channels: ``mean_diff`` (all - panel,
-        F1-macro), the p-values of the three paired tests, the test used for the
-        decision and ``significant`` (p < ``alpha``).
+        One row per smaller panel vs all channels, in the order of the fixed
+        sequence (largest top-k first, stain-free last): ``mean_diff`` (all -
+        panel, F1-macro), the three superiority p-values, ``p_holm`` (the chosen
+        test's p, Holm-adjusted over the rows) and ``significant`` (``p_holm <
+        alpha``: "significantly below all channels"), ``test_train_ratio``,
+        the non-inferiority columns ``ni_upper``, ``ni_p``, ``ni_outcome`` and
+        ``fixed_sequence`` -- the decision: ``"non-inferior"``,
+        ``"inconclusive"`` or ``"not tested"``.
     cv_results : dict
-        Panel name -> :class:`~pxpermute.training.CVResult` (with the trained
-        models; a loaded result has ``None`` in place of the models).
+        Panel name -> :class:`~pxpermute.training.CVResult` (nested top-k panels:
+        ``"<panel> [fold f]"`` -> the one-fold CVResult; a loaded result has
+        ``None`` in place of the models).
     info : dict
-        Data, model, seed, folds, ranking provenance, trainings, seconds.
+        Data, model, seed, folds, ranking provenance (``nested``,
+        ``fold_rankings``), margin, alpha, trainings, seconds.
     """
 
     scores: pd.DataFrame
@@ -229,18 +603,29 @@ class PanelComparison(SavableResult):
         return self.panel_table.copy()
 
     def statement(self) -> str:
-        """Plain-language verdict for every smaller panel."""
+        """Plain-language verdict for every smaller panel, then the familywise claim."""
         lines = []
-        test, alpha = self.info["test"], self.info["alpha"]
+        i = self.info
+        test, alpha, margin = i["test"], i["alpha"], i.get("margin")
+        conf = f"{100 * (1 - alpha):g} %"
         ref = self.panel_table.set_index("panel").loc["all channels"]
         for _, row in self.tests.iterrows():
-            p = row[f"p_{test}"]
-            verdict = "significantly below" if row["significant"] else "not significantly below"
-            lines.append(
-                f"{row['panel']}: F1-macro {row['f1_macro_mean']:.3f} vs {ref['f1_macro_mean']:.3f} with all channels "
-                f"(difference {row['mean_diff']:+.3f}); {verdict} all channels ({test}, one-sided p = {p:.3g}, "
-                f"alpha = {alpha}, {self.info['n_splits']} folds)."
-            )
+            head = (f"{row['panel']}: F1-macro {row['f1_macro_mean']:.3f} vs {ref['f1_macro_mean']:.3f} with all "
+                    f"channels (loss {row['mean_diff']:+.3f}, one-sided {conf} upper bound {row['ni_upper']:+.3f})")
+            d = row["fixed_sequence"]
+            if d == "non-inferior":
+                verdict = f"non-inferior at margin {margin:g} (p = {row['ni_p']:.3g})"
+            elif d == "inconclusive":
+                verdict = (f"inconclusive: not shown to lose less than {margin:g} (p = {row['ni_p']:.3g}); "
+                           "no evidence of equivalence, nor of a loss")
+                if row["ni_outcome"] == "worse":
+                    verdict = f"loses more than the margin {margin:g} (lower bound above it)"
+            else:
+                verdict = "not tested (the sequence stopped at a larger panel): no conclusion"
+            below = ("significantly below all channels" if row["significant"] else "not significantly below all "
+                     "channels") + f" (Holm-adjusted {test} p = {row['p_holm']:.3g})"
+            lines.append(f"{head}: {verdict}; {below}.")
+        lines.append(f"({i.get('n_splits')} folds, alpha = {alpha}; {FAMILY_NOTE}. Ranking: {i.get('ranking')}.)")
         return "\n".join(lines)
 
     def summary(self) -> str:
@@ -290,8 +675,9 @@ class PanelComparison(SavableResult):
 def _summarize_scores(scores: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for panel, g in scores.groupby("panel", sort=False):
+        chans = list(dict.fromkeys(g["channels"]))
         row = {"panel": panel, "kind": g["kind"].iloc[0], "k": g["k"].iloc[0], "n_channels": int(g["n_channels"].iloc[0]),
-               "channels": g["channels"].iloc[0], "n_folds": len(g)}
+               "channels": chans[0] if len(chans) == 1 else " | ".join(g["channels"]), "n_folds": len(g)}
         for m in ("f1_macro", "accuracy"):
             t = t_interval(g[m].to_numpy(float))
             row.update({f"{m}_mean": t.mean, f"{m}_std": t.std, f"{m}_ci_low": t.low, f"{m}_ci_high": t.high})
@@ -306,10 +692,12 @@ def compare_panels(
     k: int | Sequence[int] = (1, 2, 3),
     n_splits: int = 5,
     random_state: int | None = 42,
-    test: str = "ttest",
+    test: str = "corrected_ttest",
     alpha: float = 0.05,
     margin: float = 0.02,
-    validation_fraction: float = 0.2,
+    nested: bool | None = None,
+    inner_splits: int = 2,
+    n_repeats: int = 20,
     n_jobs: int | None = None,
     progress: bool = True,
     **train_kwargs: Any,
@@ -321,15 +709,40 @@ def compare_panels(
     :func:`~pxpermute.training.cross_validate` on the *same* folds, so the
     per-fold scores are paired.
 
+    **The decision** is non-inferiority at ``margin``: a panel is accepted only
+    when the one-sided ``1 - alpha`` upper bound of its loss against all channels
+    (Nadeau-Bengio corrected resampled t, ``n_test / n_train`` from the actual
+    split sizes, the validation split excluded from ``n_train``) lies below the
+    margin.  The nested panels are tested in a **fixed sequence** -- top-k from
+    the largest k down, then stain-free only -- each at ``alpha``, stopping at
+    the first one not shown non-inferior: the familywise error of all
+    "non-inferior" claims is at most ``alpha`` without adjustment.  A panel not
+    shown non-inferior is **"inconclusive"**, which is not evidence of a loss.
+
+    **The ranking** should not have seen the cells that judge it.  With
+    ``ranking="pxpermute"`` or a ranking function (the default where possible,
+    ``nested=None``), it is recomputed on the training part of every outer fold
+    (nested cross-validation; :func:`nested_rankings`), and fold ``f``'s top-k
+    panel is judged on fold ``f``'s test cells only: the scores then estimate the
+    procedure "rank, keep the top k, retrain".  A fixed ranking (an
+    ``ImportanceResult`` or a list) cannot be recomputed; if it came from these
+    cells the comparison favours it.
+
     Parameters
     ----------
     dataset : IFCDataset
         Its ``stain_free`` flags mark the channels every panel keeps (brightfield,
         darkfield).  Without stain-free channels the stain-free-only panel is
         skipped (with a warning) and the top-k panels hold only stains.
-    ranking : ImportanceResult or sequence of channel names / indices
-        Most important first.  Stain-free channels in it are ignored (they are
-        in every panel); channels not in it are never picked.
+    ranking : "pxpermute", callable, NestedRanking, ImportanceResult or sequence of channels
+        ``"pxpermute"``: nested, :func:`~pxpermute.evaluation.cv_importance` with
+        ``inner_splits`` folds and ``n_repeats`` on each outer training part
+        (``n_splits x inner_splits`` extra trainings).  A callable
+        ``IFCDataset -> ImportanceResult | list of channels`` is called on each
+        outer training part.  A :class:`NestedRanking` reuses rankings computed
+        before (same ``n_splits`` and seed).  Otherwise a fixed ranking, most
+        important first.  Stain-free channels in it are ignored (they are in every
+        panel); channels not in it are never picked.
     k : int or sequence of int, default (1, 2, 3)
         Numbers of top stains to add to the stain-free channels.
     n_splits : int, default 5
@@ -337,25 +750,21 @@ def compare_panels(
     random_state : int or None, default 42
         Seed of the folds and of every training (``None``: one seed is drawn and
         recorded in ``info``, the same for every panel).
-    test : {"ttest", "corrected_ttest", "wilcoxon"}, default "ttest"
-        Paired one-sided test whose p-value decides ``significant`` (all three
-        are reported; see the module docstring for their caveats with few folds).
+    test : {"corrected_ttest", "ttest", "wilcoxon"}, default "corrected_ttest"
+        Paired one-sided superiority test behind ``significant`` ("significantly
+        below all channels"), Holm-adjusted over the smaller panels (all three
+        p-values are reported; see the module docstring for their caveats).
     alpha : float, default 0.05
+        Familywise level of the non-inferiority claims and of ``significant``.
     margin : float, default 0.02
-        Largest acceptable loss of F1-macro for the non-inferiority tests:
-        ``tests`` also holds ``ni_upper`` (one-sided upper bound of the loss,
-        Nadeau-Bengio corrected), ``ni_p`` and ``ni_outcome`` ("non-inferior",
-        "worse", "inconclusive"; :func:`pxpermute.inference.noninferiority_test`),
-        and ``fixed_sequence``: the top-k panels tested from the largest k down
-        at ``alpha``, stopping at the first one not shown non-inferior
-        (:func:`pxpermute.inference.fixed_sequence`; familywise error alpha
-        without adjustment).  "not significantly below" (``significant``) is not
-        evidence that a panel is as good; ``ni_outcome`` asks that question.
-        The ranking should come from data not used for this comparison.
-    validation_fraction : float, default 0.2
-        Share of each training fold held out for early stopping (the recipe's
-        20 %): the model is fitted on ``(1 - 1/n_splits)(1 - v)`` of the cells,
-        which sets the Nadeau-Bengio ratio (0.3125 for 5 folds).
+        Largest acceptable loss of F1-macro, chosen before looking at the data.
+    nested : bool, optional
+        Rank on each outer fold's training part.  Default: whenever the ranking
+        can be recomputed (``"pxpermute"``, a function, a NestedRanking).
+    inner_splits : int, default 2
+        Inner folds of the built-in ``"pxpermute"`` ranking.
+    n_repeats : int, default 20
+        k of the built-in ranking.
     n_jobs : int or None, default None
         Trainings in parallel through joblib (``-1``: all cores; a Dask cluster
         inside ``joblib.parallel_config(backend="dask")``); the results do not
@@ -365,87 +774,93 @@ def compare_panels(
         Progress bar counting finished trainings.
     **train_kwargs
         Passed to :func:`~pxpermute.training.cross_validate` (``model``,
-        ``max_epochs``, ``batch_size`` ...).
+        ``max_epochs``, ``batch_size``, ``valid_fraction`` ...) and to the
+        built-in ranking.
 
     Returns
     -------
     PanelComparison
         ``scores`` (per fold), ``panel_table`` (mean, 95 % CI per panel), ``tests``
-        (paired tests vs all channels), ``summary()`` (text), ``statement()``,
+        (decisions vs all channels), ``summary()`` (text), ``statement()``,
         ``plot()``, ``save()``.
 
     Examples
     --------
     >>> from pxpermute.datasets.synthetic import make_synthetic
     >>> ds = make_synthetic("synapse", n_samples=200, image_size=16)
-    >>> cmp = compare_panels(ds, ["CD3", "F-actin", "MHCII"], k=(1, 2), n_splits=2,  # doctest: +SKIP
+    >>> cmp = compare_panels(ds, "pxpermute", k=(1, 2), n_splits=2,  # doctest: +SKIP
     ...                      model="small_cnn", max_epochs=2)
     >>> print(cmp.statement())  # doctest: +SKIP
     """
     ds = as_dataset(dataset, "compare_panels")
-    stains = ranked_stains(ds, ranking)
     ks = [k] if isinstance(k, (int, np.integer)) and not isinstance(k, bool) else list(k)
     if not ks:
         raise ValueError("k is empty; pass at least one number of top stains")
     for kk in ks:
         check_int(kk, "every k", low=1)
-    if max(ks) > len(stains):
-        raise ValueError(f"k={max(ks)} exceeds the {len(stains)} stains in the ranking ({names_of(ds, stains)})")
     check_choice(test, "test", TESTS)
     alpha = check_float(alpha, "alpha", low=0, high=1, closed="neither")
+    margin = check_float(margin, "margin (F1 units)", low=0, high=1, closed="neither")
     n_splits = check_n_splits(n_splits)
+    t0 = time.perf_counter()
+    rk, random_state = _resolve_ranking(ds, ranking, nested=nested, n_splits=n_splits, random_state=random_state,
+                                        inner_splits=inner_splits, n_repeats=n_repeats, progress=progress,
+                                        train_kwargs=train_kwargs, fn_name="compare_panels")
+    n_stains = min(len(s) for s in rk.fold_stains)
+    if max(ks) > n_stains:
+        raise ValueError(f"k={max(ks)} exceeds the {n_stains} stains in the ranking ({names_of(ds, rk.report_stains)})")
     sf = [i for i in range(ds.n_channels) if ds.stain_free[i]]
-    panels: list[tuple[str, str, int | None, list[int]]] = []
+    panels: list[tuple[str, str, int | None, list[list[int]]]] = []
     if sf:
-        panels.append(("stain-free", "stain-free", 0, sf))
+        panels.append(("stain-free", "stain-free", 0, [sf] * n_splits))
     else:
         warnings.warn("the data set has no stain-free channel (dataset.stain_free is all False); "
                       "the stain-free-only panel is skipped", stacklevel=2)
     prefix = "stain-free + " if sf else ""
     for kk in sorted(set(int(x) for x in ks)):
-        panels.append((f"{prefix}top-{kk}", "top-k", kk, sf + stains[:kk]))
-    panels.append(("all channels", "all", None, list(range(ds.n_channels))))
+        panels.append((f"{prefix}top-{kk}", "top-k", kk, [sf + s[:kk] for s in rk.fold_stains]))
+    panels.append(("all channels", "all", None, [list(range(ds.n_channels))] * n_splits))
 
-    t0 = time.perf_counter()
     cache = SubsetTrainer(ds, n_splits=n_splits, random_state=random_state, train_kwargs=train_kwargs, n_jobs=n_jobs)
-    fitted = cache.fit_many([p[3] for p in panels], progress=progress, desc="panels")
+    fixed = [p for p in panels if len({SubsetTrainer.key(s) for s in p[3]}) == 1]
+    cache.fit_many([p[3][0] for p in fixed], progress=progress, desc="panels")  # one batch for the fixed panels
+    if rk.nested_ranking is not None:
+        ref_cv = cache.results[SubsetTrainer.key(range(ds.n_channels))]
+        for a, b in zip(ref_cv.test_indices, rk.nested_ranking.test_indices):
+            if not np.array_equal(np.sort(a), np.sort(b)):
+                raise RuntimeError("the nested rankings were computed on other outer folds than the comparison's")
+    varying = [(s, f) for p in panels if p not in fixed for f, s in enumerate(p[3])]
+    if varying:  # nested top-k panels: one batch per fold
+        cache.fit_folds(varying, progress=progress, desc="nested panels")
+    fitted = {name: _fit_panel(cache, per_fold, name, False) for name, _, _, per_fold in panels}
     rows, cvs = [], {}
-    for (name, kind, kk, chans), (cv, _) in zip(panels, fitted):
-        cvs[name] = cv
-        for f in range(cv.n_splits):
-            rows.append(dict(panel=name, kind=kind, k=kk, n_channels=len(chans), channels=",".join(cv.channels), fold=f,
-                             f1_macro=float(cv.f1_macro[f]), accuracy=float(cv.accuracy[f])))
+    for name, kind, kk, per_fold in panels:
+        sc = fitted[name]
+        cvs.update(sc.cvs)
+        for f in range(n_splits):
+            rows.append(dict(panel=name, kind=kind, k=kk, n_channels=len(SubsetTrainer.key(per_fold[f])),
+                             channels=sc.channels[f], fold=f, f1_macro=float(sc.f1[f]), accuracy=float(sc.acc[f])))
     scores = pd.DataFrame(rows)
     panel_table = _summarize_scores(scores)
-    ref = cvs["all channels"]
-    trows = []
-    for name, kind, kk, chans in panels[:-1]:
-        frac = float(np.mean([len(t) / len(ds) for t in ref.test_indices]))
-        res = paired_tests(ref.f1_macro, cvs[name].f1_macro, test_fraction=frac)
-        p = res[f"p_{test}"]
-        trows.append(dict(panel=name, kind=kind, k=kk, n_channels=len(chans),
-                          f1_macro_mean=float(np.mean(cvs[name].f1_macro)), **res, test=test,
-                          significant=bool(np.isfinite(p) and p < alpha)))
-    tests = pd.DataFrame(trows)
-    if len(tests):
-        from ..inference import fixed_sequence, nb_test_train_ratio, noninferiority_test
-
-        ratio = nb_test_train_ratio(int(n_splits), float(validation_fraction))
-        ni = [noninferiority_test(ref.f1_macro, cvs[name].f1_macro, margin=margin, test_train_ratio=ratio, alpha=alpha)
-              for name in tests["panel"]]
-        tests["ni_upper"] = [r["upper"] for r in ni]
-        tests["ni_p"] = [r["p_value"] for r in ni]
-        tests["ni_outcome"] = [r["outcome"] for r in ni]
-        tests["fixed_sequence"] = "not in sequence"
-        topk = tests[tests["kind"] == "top-k"].sort_values("k", ascending=False)
-        for idx, o in zip(topk.index, fixed_sequence(topk["ni_p"].to_numpy(), alpha=alpha)):
-            tests.loc[idx, "fixed_sequence"] = {"rejected": "non-inferior", "not rejected": "inconclusive",
-                                                "not tested": "not tested"}[o["outcome"]]
-    rank_desc = ranking_label(ranking)
+    ref_cv = cache.results[SubsetTrainer.key(range(ds.n_channels))]
+    ratio = cv_test_train_ratio(ref_cv)
+    ref = fitted["all channels"].f1
+    # the fixed sequence: top-k from the largest k down, then stain-free only (the smallest nested panel)
+    order = sorted([p for p in panels if p[1] == "top-k"], key=lambda p: -int(p[2])) + \
+        [p for p in panels if p[1] == "stain-free"]
+    dec = panel_decisions(ref, {p[0]: fitted[p[0]].f1 for p in order}, margin=margin, alpha=alpha,
+                          test_train_ratio=ratio, test=test)
+    meta = pd.DataFrame([dict(panel=name, kind=kind, k=kk, n_channels=len(SubsetTrainer.key(per_fold[0])),
+                              f1_macro_mean=float(np.mean(fitted[name].f1))) for name, kind, kk, per_fold in order])
+    tests = meta.merge(dec, on="panel", how="left") if len(meta) else pd.DataFrame()
     info = dict(data=ds.name, model=model_label(train_kwargs), random_state=cache.random_state, n_splits=n_splits,
-                ranking=rank_desc, ranked_stains=names_of(ds, stains), stain_free=names_of(ds, sf), test=test, alpha=alpha,
-                margin=margin, validation_fraction=validation_fraction,
+                ranking=rk.label, nested=rk.nested, ranked_stains=names_of(ds, rk.report_stains),
+                stain_free=names_of(ds, sf), test=test, alpha=alpha, margin=margin, test_train_ratio=ratio,
+                valid_fraction=ref_cv.params.get("valid_fraction"), familywise=FAMILY_NOTE,
                 n_trainings=cache.n_trainings, seconds=time.perf_counter() - t0)
+    if rk.nested_ranking is not None:
+        info.update(fold_rankings=[names_of(ds, s) for s in rk.fold_stains],
+                    ranking_trainings=int(rk.nested_ranking.info.get("n_trainings", 0)))
     return PanelComparison(scores=scores, panel_table=panel_table, tests=tests, cv_results=cvs, info=info)
 
 
@@ -463,12 +878,14 @@ class PanelSearch:
     stains, panel : list of str
         Chosen stains, and the full panel (stain-free channels + stains).
     found : bool
-        Whether a panel with fewer stains than all of them met the tolerance.
+        Whether a panel with fewer stains than all of them was shown non-inferior.
     path : DataFrame
-        Every panel evaluated: ``step``, ``n_stains``, ``added``, ``channels``,
-        ``f1_mean``, ``f1_std``, ``ci_low``, ``ci_high``, ``within_tolerance``,
-        ``chosen`` (greedy: the candidate kept at that step), ``cached`` (reused
-        an earlier training of the same subset).
+        Every panel evaluated, in the order tested: ``step``, ``n_stains``,
+        ``added``, ``channels``, ``stains``, ``f1_mean``, ``f1_std``,
+        ``ci_low``, ``ci_high``, ``loss`` (all channels - panel), ``ni_upper``
+        (one-sided upper bound of the loss), ``ni_p``, ``ni_outcome``,
+        ``non_inferior`` (the decision), ``chosen`` (greedy: the candidate kept
+        at that step), ``cached`` (reused an earlier training of the same subset).
     n_trainings : int
         Model fits this strategy needed on its own (folds x panels evaluated).
     """
@@ -491,9 +908,12 @@ class MinimalPanel(SavableResult):
     Attributes
     ----------
     panel, stains : list of str
-        The answer of the ranking search.
+        The answer of the ranking search: the smallest panel shown non-inferior in
+        the fixed sequence, or all channels when none was ("inconclusive").
     reference_score : float
         Mean CV F1-macro with all channels; ``threshold = reference_score - tolerance``.
+    tolerance : float
+        The non-inferiority margin (F1 units).
     searches : dict
         ``"ranking"`` (and ``"greedy"``) -> :class:`PanelSearch`.
     n_trainings : int
@@ -504,6 +924,8 @@ class MinimalPanel(SavableResult):
         Channel tuple (dataset indices) -> CVResult (a loaded result has
         ``None`` in place of the models).
     info : dict
+        ``decision`` ("non-inferior" or "inconclusive"), ``alpha``, ``nested``,
+        ``fold_rankings``, ``familywise``, ...
     """
 
     panel: list[str]
@@ -518,6 +940,11 @@ class MinimalPanel(SavableResult):
     info: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def margin(self) -> float:
+        """The non-inferiority margin (same as ``tolerance``)."""
+        return self.tolerance
+
+    @property
     def path(self) -> pd.DataFrame:
         """All evaluated panels of every strategy in one tidy table."""
         if not self.searches:
@@ -529,23 +956,31 @@ class MinimalPanel(SavableResult):
         return self.path
 
     def summary(self) -> str:
-        """Printable text: the reference score, the threshold and each strategy's answer with its cost."""
+        """Printable text: the reference score, the margin and each strategy's answer with its cost."""
+        i = self.info
+        alpha = i.get("alpha", 0.05)
         lines = [self.title(),
-                 f"all channels: F1-macro {fmt(self.reference_score)}; threshold {fmt(self.threshold)} "
-                 f"(tolerance {self.tolerance:g}); {self.n_trainings} trainings, {self.seconds:.0f} s in total"]
+                 f"all channels: F1-macro {fmt(self.reference_score)}; non-inferiority margin {self.tolerance:g} "
+                 f"(alpha {alpha:g}); {self.n_trainings} trainings, {self.seconds:.0f} s in total"]
         for name, s in self.searches.items():
-            verdict = "within tolerance" if s.found else "no smaller panel within tolerance"
+            if s.found:
+                verdict = f"smallest panel shown non-inferior (loses less than {self.tolerance:g})"
+            else:
+                verdict = "inconclusive: no smaller panel shown non-inferior; keep all channels"
+            extra = "" if name == "ranking" else "; exploratory: the search chose on the judged folds"
             lines.append(f"  {name:<8} stains {s.stains or '[]'} -> panel {s.panel} ({verdict}; "
-                         f"{s.n_trainings} trainings on its own)")
+                         f"{s.n_trainings} trainings on its own{extra})")
+        if i.get("familywise"):
+            lines.append(f"  ranking search: {i['familywise']}. Ranking: {i.get('ranking')}.")
         return "\n".join(lines)
 
     def title(self) -> str:
         i = self.info
-        return (f"{i.get('data')}: minimal panel (tolerance {self.tolerance:g} F1), {i.get('n_splits')}-fold CV, "
-                f"model={i.get('model')}, seed={i.get('random_state')}")
+        return (f"{i.get('data')}: minimal panel (non-inferiority margin {self.tolerance:g} F1), "
+                f"{i.get('n_splits')}-fold CV, model={i.get('model')}, seed={i.get('random_state')}")
 
     def plot(self, ax=None, **kwargs):
-        """F1-macro along each search path with the tolerance band (see :func:`pxpermute.plotting.plot_panel_search`)."""
+        """F1-macro along each search path with the margin band (see :func:`pxpermute.plotting.plot_panel_search`)."""
         from ..plotting import plot_panel_search
 
         return plot_panel_search(self, ax=ax, **kwargs)
@@ -554,8 +989,9 @@ class MinimalPanel(SavableResult):
         extra = ""
         if "greedy" in self.searches:
             extra = f", greedy {self.searches['greedy'].stains}"
-        return (f"MinimalPanel(stains {self.stains} (ranking){extra}; all channels F1 {self.reference_score:.3f}, "
-                f"tolerance {self.tolerance:g}; {self.n_trainings} trainings, {self.seconds:.0f} s)")
+        return (f"MinimalPanel(stains {self.stains} (ranking, {self.info.get('decision', '?')}){extra}; all channels "
+                f"F1 {self.reference_score:.3f}, margin {self.tolerance:g}; {self.n_trainings} trainings, "
+                f"{self.seconds:.0f} s)")
 
     # -- files -------------------------------------------------------------------
     def _to_bundle(self, prefix: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -587,58 +1023,93 @@ class MinimalPanel(SavableResult):
                    cv_results=_cv_results_from_bundle(meta["cv_results"], arrays, f"{prefix}.cv", True),
                    info=dict(meta["info"]))
 
-def _path_row(step: int, stains: list[int], added: str | None, cv: Any, threshold: float, cached: bool,
-              ds: IFCDataset) -> dict[str, Any]:
-    t = t_interval(np.asarray(cv.f1_macro, float))
-    return dict(step=step, n_stains=len(stains), added=added, channels=",".join(cv.channels),
+def _path_row(step: int, stains: list[int], added: str | None, sc: _Scores, ref: np.ndarray, ratio: float,
+              margin: float, alpha: float, ds: IFCDataset) -> dict[str, Any]:
+    from ..inference import noninferiority_test
+
+    t = t_interval(sc.f1)
+    ni = noninferiority_test(ref, sc.f1, margin=margin, test_train_ratio=ratio, alpha=alpha)
+    chans = list(dict.fromkeys(sc.channels))
+    return dict(step=step, n_stains=len(stains), added=added,
+                channels=chans[0] if len(chans) == 1 else " | ".join(sc.channels),
                 stains=",".join(names_of(ds, stains)), f1_mean=t.mean, f1_std=t.std, ci_low=t.low, ci_high=t.high,
-                within_tolerance=bool(t.mean >= threshold), chosen=True, cached=cached)
+                loss=ni["mean_diff"], ni_upper=ni["upper"], ni_p=ni["p_value"], ni_outcome=ni["outcome"],
+                non_inferior=bool(ni["p_value"] < alpha), chosen=True, cached=sc.new == 0)
 
 
 def minimal_panel(
     dataset: IFCDataset,
     ranking: Any,
     *,
-    tolerance: float = 0.02,
+    margin: float = 0.02,
+    alpha: float = 0.05,
     greedy: bool = False,
     n_splits: int = 5,
     random_state: int | None = 42,
     max_stains: int | None = None,
+    nested: bool | None = None,
+    inner_splits: int = 2,
+    n_repeats: int = 20,
     n_jobs: int | None = None,
     progress: bool = True,
+    tolerance: float | None = None,
     **train_kwargs: Any,
 ) -> MinimalPanel:
-    """The smallest set of stains whose CV F1-macro stays within ``tolerance`` of all channels.
+    """The smallest set of stains shown to lose less than ``margin`` F1-macro against all channels.
 
-    Stain-free channels are always part of the panel.  The *ranking* search
-    trains stain-free only, then stain-free + top-1, top-2, ... stains of the
-    ranking and stops at the first panel whose mean CV F1-macro is at least
-    ``F1(all channels) - tolerance``: at most ``(n_stains + 1) x n_splits``
-    trainings.  The optional *greedy* forward search (for comparison) adds, at
-    every step, the stain whose addition scores best -- it ignores the ranking
-    and costs up to ``n_stains^2 / 2`` cross-validations.  Both use the same
-    folds; a panel both visit is trained once.
+    Stain-free channels are always part of the panel.  The decision is the one
+    of :func:`compare_panels`: non-inferiority at ``margin`` (Nadeau-Bengio
+    corrected resampled t, ``n_test / n_train`` from the actual split sizes),
+    tested in a **fixed sequence** along the ranking from the largest panel
+    down -- stain-free + top-M, top-(M-1), ..., top-1, stain-free only -- each at
+    ``alpha``, stopping at the first panel not shown non-inferior.  The answer is
+    the last panel shown non-inferior; the familywise error of all the
+    "non-inferior" claims along the way is at most ``alpha`` without adjustment.
+    When even the largest panel is not shown non-inferior the answer is
+    "inconclusive" and the panel is all channels.  Cost: one cross-validation
+    per panel tested (``M`` = all stains but one, or ``max_stains``), plus all
+    channels.
+
+    The ranking is recomputed on every outer fold's training part when it can be
+    (``ranking="pxpermute"`` or a function; ``nested``): fold ``f`` then tests
+    the top stains of its own ranking on its own test cells, and the reported
+    stains are the top of the folds' consensus ranking
+    (:meth:`NestedRanking.consensus`).
+
+    The optional *greedy* forward search (for comparison) adds, at every step,
+    the stain whose addition scores best and stops at the first step whose
+    choice is shown non-inferior -- it ignores the ranking, costs up to
+    ``n_stains^2 / 2`` cross-validations, and chooses on the folds that judge
+    it, so its answer is exploratory (no familywise claim).  Both searches use
+    the same folds; a panel both visit is trained once.
 
     Parameters
     ----------
     dataset : IFCDataset
-    ranking : ImportanceResult or sequence of channel names / indices
-        Most important first (stain-free channels in it are ignored).
-    tolerance : float, default 0.02
-        Allowed drop of mean CV F1-macro, in F1 units.
+    ranking : "pxpermute", callable, NestedRanking, ImportanceResult or sequence of channels
+        As in :func:`compare_panels` (stain-free channels in it are ignored).
+    margin : float, default 0.02
+        Largest acceptable loss of mean CV F1-macro, in F1 units, chosen before
+        looking at the data.
+    alpha : float, default 0.05
+        Familywise level of the fixed sequence.
     greedy : bool, default False
         Also run the greedy forward search.
     n_splits : int, default 5
     random_state : int or None, default 42
     max_stains : int, optional
-        Stop searching beyond this many stains (the answer is then the best
-        panel found, flagged ``found=False``).
+        The largest panel tested holds this many stains (default: all stains but
+        one; a panel of all stains is the reference itself).
+    nested, inner_splits, n_repeats
+        As in :func:`compare_panels`.
     n_jobs : int or None, default None
         Trainings in parallel (every candidate of a greedy step at once) through joblib (``-1``: all cores; a Dask cluster
         inside ``joblib.parallel_config(backend="dask")``); the results do not
         depend on it (seeds are fixed per training), see
         :func:`~pxpermute.training.run_trainings`.
     progress : bool, default True
+    tolerance : float, optional
+        Former name of ``margin`` (deprecated).
     **train_kwargs
         Passed to :func:`~pxpermute.training.cross_validate`.
 
@@ -648,54 +1119,67 @@ def minimal_panel(
 
     Examples
     --------
-    >>> mp = minimal_panel(ds, result, tolerance=0.02, greedy=True, n_splits=2,  # doctest: +SKIP
+    >>> mp = minimal_panel(ds, "pxpermute", margin=0.02, n_splits=5,  # doctest: +SKIP
     ...                    model="small_cnn", max_epochs=3)
-    >>> mp.stains, mp.n_trainings  # doctest: +SKIP
+    >>> mp.stains, mp.info["decision"], mp.n_trainings  # doctest: +SKIP
     """
     ds = as_dataset(dataset, "minimal_panel")
-    stains = ranked_stains(ds, ranking)
-    tolerance = check_float(tolerance, "tolerance (F1 units)", low=0, high=1, closed="left")
+    if tolerance is not None:
+        warnings.warn("minimal_panel(tolerance=...) is now the non-inferiority margin; pass margin=", FutureWarning,
+                      stacklevel=2)
+        margin = tolerance
+    margin = check_float(margin, "margin (F1 units)", low=0, high=1, closed="neither")
+    alpha = check_float(alpha, "alpha", low=0, high=1, closed="neither")
     n_splits = check_n_splits(n_splits)
     all_stains = [i for i in range(ds.n_channels) if not ds.stain_free[i]]
     if max_stains is not None:
         max_stains = check_int(max_stains, "max_stains", low=0)
-    limit = len(all_stains) if max_stains is None else min(max_stains, len(all_stains))
-    sf = [i for i in range(ds.n_channels) if ds.stain_free[i]]
     t0 = time.perf_counter()
+    rk, random_state = _resolve_ranking(ds, ranking, nested=nested, n_splits=n_splits, random_state=random_state,
+                                        inner_splits=inner_splits, n_repeats=n_repeats, progress=progress,
+                                        train_kwargs=train_kwargs, fn_name="minimal_panel")
+    sf = [i for i in range(ds.n_channels) if ds.stain_free[i]]
+    n_ranked = min(len(s) for s in rk.fold_stains)
+    top = min(n_ranked, len(all_stains) - 1)
+    if max_stains is not None:
+        top = min(top, max_stains)
     cache = SubsetTrainer(ds, n_splits=n_splits, random_state=random_state, train_kwargs=train_kwargs, n_jobs=n_jobs)
-    ref, _ = cache.fit(range(ds.n_channels))
-    reference = float(np.mean(ref.f1_macro))
-    threshold = reference - float(tolerance)
+    ref_cv, _ = cache.fit(range(ds.n_channels))
+    ref = np.asarray(ref_cv.f1_macro, float)
+    ratio = cv_test_train_ratio(ref_cv)
+    reference = float(ref.mean())
+    threshold = reference - float(margin)
     searches: dict[str, PanelSearch] = {}
 
-    # -- along the ranking -------------------------------------------------------
-    rows, used, chosen = [], ref.n_splits, None
-    start = 0 if sf else 1
-    for m in progress_bar(range(start, min(len(stains), limit) + 1), progress, "ranking search"):
-        sel = stains[:m]
-        cv, new = cache.fit(sf + sel)  # the full set is the cached reference
-        used += cv.n_splits
-        rows.append(_path_row(m, sel, ds.channel_names[sel[-1]] if sel else None, cv, threshold, new == 0, ds))
-        if rows[-1]["within_tolerance"]:
-            chosen = sel
+    # -- along the ranking: fixed sequence from the largest panel down -------------------
+    rows, used, chosen_m = [], ref_cv.n_splits, None
+    bottom = 0 if sf else 1
+    for step, m in enumerate(progress_bar(range(top, bottom - 1, -1), progress, "ranking search"), start=1):
+        per_fold = [sf + s[:m] for s in rk.fold_stains]
+        sc = _fit_panel(cache, per_fold, f"top-{m}", False)
+        used += len(sc.f1)
+        report = rk.report_stains[:m]
+        rows.append(_path_row(step, report, ds.channel_names[report[-1]] if report else None, sc, ref, ratio, margin,
+                              alpha, ds))
+        if not rows[-1]["non_inferior"]:
             break
-    found = chosen is not None and len(chosen) < len(all_stains)
-    if chosen is None:  # nothing within tolerance: the best evaluated panel (all stains when the ranking covers them)
-        best = max(range(len(rows)), key=lambda r: rows[r]["f1_mean"])
-        chosen = stains[: rows[best]["n_stains"]] if rows else []
+        chosen_m = m
+    found = chosen_m is not None
+    chosen = rk.report_stains[:chosen_m] if found else list(all_stains)
     searches["ranking"] = PanelSearch("ranking", names_of(ds, chosen), names_of(ds, sorted(sf + chosen)), found,
                                       pd.DataFrame(rows), used)
 
-    # -- greedy forward ----------------------------------------------------------
+    # -- greedy forward (exploratory) ----------------------------------------------------
     if greedy:
-        rows, used, current = [], ref.n_splits, []
+        rows, used, current = [], ref_cv.n_splits, []
         g_found = False
         if sf:
-            cv, new = cache.fit(sf)
-            used += cv.n_splits
-            rows.append(_path_row(0, [], None, cv, threshold, new == 0, ds))
-            g_found = rows[-1]["within_tolerance"]
+            sc = _fit_panel(cache, [sf] * n_splits, "stain-free", False)
+            used += len(sc.f1)
+            rows.append(_path_row(0, [], None, sc, ref, ratio, margin, alpha, ds))
+            g_found = rows[-1]["non_inferior"]
         step = 0
+        limit = len(all_stains) - 1 if max_stains is None else min(max_stains, len(all_stains) - 1)
         while not g_found and len(current) < limit:
             step += 1
             cands = [c for c in all_stains if c not in current]
@@ -705,25 +1189,36 @@ def minimal_panel(
             for c, (cv, new) in zip(cands, fitted):
                 sel = current + [c]
                 used += cv.n_splits
-                row = _path_row(step, sel, ds.channel_names[c], cv, threshold, new == 0, ds)
+                sc = _Scores(np.asarray(cv.f1_macro, float), np.asarray(cv.accuracy, float),
+                             [",".join(cv.channels)] * cv.n_splits, {}, new)
+                row = _path_row(step, sel, ds.channel_names[c], sc, ref, ratio, margin, alpha, ds)
                 row["chosen"] = False
                 rows.append(row)
                 if best_row is None or row["f1_mean"] > best_row["f1_mean"]:
                     best_row, best_c = row, c
             best_row["chosen"] = True
             current.append(best_c)
-            g_found = best_row["within_tolerance"]
-        searches["greedy"] = PanelSearch("greedy", names_of(ds, current), names_of(ds, sorted(sf + current)),
-                                         bool(g_found and len(current) < len(all_stains)), pd.DataFrame(rows), used)
+            g_found = best_row["non_inferior"]
+        g_stains = current if g_found else list(all_stains)
+        searches["greedy"] = PanelSearch("greedy", names_of(ds, g_stains), names_of(ds, sorted(sf + g_stains)),
+                                         bool(g_found), pd.DataFrame(rows), used)
 
+    cvs = dict(cache.results)
+    cvs.update({(*key, -1 - f): cv for (key, f), cv in cache.fold_results.items()})
     info = dict(data=ds.name, model=model_label(train_kwargs), random_state=cache.random_state, n_splits=n_splits,
-                ranked_stains=names_of(ds, stains), stain_free=names_of(ds, sf),
-                ranking=ranking_label(ranking))
+                ranked_stains=names_of(ds, rk.report_stains), stain_free=names_of(ds, sf), ranking=rk.label,
+                nested=rk.nested, alpha=alpha, test_train_ratio=ratio, valid_fraction=ref_cv.params.get("valid_fraction"),
+                decision="non-inferior" if found else "inconclusive", largest_panel_tested=top,
+                familywise="non-inferiority tested in a fixed sequence from the largest panel down, each at alpha, "
+                           "stopping at the first panel not shown non-inferior: the chance that any 'non-inferior' "
+                           "claim is false is at most alpha")
+    if rk.nested_ranking is not None:
+        info.update(fold_rankings=[names_of(ds, s) for s in rk.fold_stains],
+                    ranking_trainings=int(rk.nested_ranking.info.get("n_trainings", 0)))
     r = searches["ranking"]
     return MinimalPanel(panel=r.panel, stains=r.stains, reference_score=reference, threshold=threshold,
-                        tolerance=float(tolerance), searches=searches, n_trainings=cache.n_trainings,
-                        seconds=time.perf_counter() - t0, cv_results=dict(cache.results), info=info)
-
+                        tolerance=float(margin), searches=searches, n_trainings=cache.n_trainings,
+                        seconds=time.perf_counter() - t0, cv_results=cvs, info=info)
 
 # =============================================================================
 # 3. multi-stage design
@@ -960,6 +1455,7 @@ def multistage_design(
     --------
     >>> from functools import partial
     >>> from pxpermute.datasets.synthetic import make_synthetic
+    >>> from pxpermute.evaluation import cv_importance
     >>> ds = make_synthetic("panel20", n_samples=600, image_size=16)
     >>> runs = [ds.channel_names[:10], ds.channel_names[10:]]
     >>> fn = partial(cv_importance, n_splits=2, n_repeats=10, model="small_cnn", max_epochs=3)

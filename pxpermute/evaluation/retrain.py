@@ -59,6 +59,7 @@ class SubsetTrainer:
         self.train_kwargs = dict(train_kwargs)
         self.keep_models = keep_models
         self.results: dict[tuple[int, ...], Any] = {}
+        self.fold_results: dict[tuple[tuple[int, ...], int], Any] = {}
         self.n_trainings = 0
         self.seconds = 0.0
         self.folds: list[np.ndarray] | None = None
@@ -114,6 +115,52 @@ class SubsetTrainer:
             out.append((self.results[key], cost.get(key, 0) if key not in charged else 0))
             charged.add(key)
         return out
+
+
+    def fit_folds(self, requests: Sequence[tuple[Iterable[int], int]], *, progress: bool = False,
+                  desc: str = "retraining channel subsets per fold") -> list[tuple[Any, int, int]]:
+        """Single folds of channel subsets, for panels that differ between folds (nested cross-validation).
+
+        ``requests`` lists ``(channels, fold)`` pairs.  Each distinct pair is trained once
+        (a subset already cross-validated on all folds is reused).  Returns, per request,
+        ``(CVResult, position of the fold in it, trainings it cost now)``.
+        """
+        from .. import training
+
+        keys = [(self.key(ch), int(f)) for ch, f in requests]
+        for _, f in keys:
+            if not 0 <= f < self.n_splits or (self.fold_ids is not None and f not in self.fold_ids):
+                raise ValueError(f"fold {f} is not one of the folds of this trainer")
+        by_fold: dict[int, list[tuple[int, ...]]] = {}
+        for key, f in dict.fromkeys(keys):
+            if key not in self.results and (key, f) not in self.fold_results:
+                by_fold.setdefault(f, []).append(key)
+        cost: dict[tuple[tuple[int, ...], int], int] = {}
+        for f, new in sorted(by_fold.items()):
+            t0 = time.perf_counter()
+            cvs = training.cross_validate_many(self.ds, [list(k) for k in new], n_splits=self.n_splits, folds=[f],
+                                               random_state=self.random_state, n_jobs=self.n_jobs, progress=progress,
+                                               desc=f"{desc} (fold {f})", **self.train_kwargs)
+            self.seconds += time.perf_counter() - t0
+            for key, cv in zip(new, cvs):
+                if not self.keep_models:
+                    cv = copy.copy(cv)
+                    cv.models = [None] * len(cv.models)
+                if self.folds is not None and not np.array_equal(self.folds[self._position(f)], cv.test_indices[0]):
+                    raise RuntimeError("two channel subsets were cross-validated on different folds")
+                self.fold_results[(key, f)] = cv
+                self.n_trainings += 1
+                cost[(key, f)] = 1
+        out = []
+        for key, f in keys:
+            if key in self.results:
+                out.append((self.results[key], self._position(f), 0))
+            else:
+                out.append((self.fold_results[(key, f)], 0, cost.pop((key, f), 0)))
+        return out
+
+    def _position(self, fold: int) -> int:
+        return int(fold) if self.fold_ids is None else self.fold_ids.index(int(fold))
 
 
 def retrain_scores(
