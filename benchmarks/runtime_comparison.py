@@ -57,7 +57,8 @@ def _per_class_cap(ds, cap: int | None, seed: int = 0):
     return ds.subset(np.sort(np.concatenate(keep)))
 
 
-def px_vs_loco(ds, *, label: str, epochs: int, k: int, n_splits: int, model: str, batch_size: int) -> dict:
+def px_vs_loco(ds, *, label: str, epochs: int, k: int, n_splits: int, model: str, batch_size: int,
+               save_model: str | None = None) -> dict:
     from pxpermute import channel_importance
     from pxpermute.evaluation import leave_one_channel_out
     from pxpermute.training import cross_validate
@@ -71,6 +72,11 @@ def px_vs_loco(ds, *, label: str, epochs: int, k: int, n_splits: int, model: str
     ep = [int(len(m.history)) for m in ref.models]
     test = ds.subset(ref.test_indices[0])
     net = ref.models[0]
+    if save_model:  # the fold's model and test cells, reused by benchmarks/adaptive_k.py --cellcycle-model
+        import pickle
+
+        Path(save_model).write_bytes(pickle.dumps({"net": net, "test_indices": ref.test_indices[0], "label": label,
+                                                   "train_s": t_ref, "epochs": epochs, "model": model}))
     opts = dict(n_repeats=k, random_state=0, batch_size=batch_size, progress=False)
     t = time.perf_counter()
     fixed = channel_importance(net, test, **opts)
@@ -88,10 +94,13 @@ def px_vs_loco(ds, *, label: str, epochs: int, k: int, n_splits: int, model: str
         "max_epochs": epochs, "epochs_trained": ep, "f1_macro_all_channels": round(float(ref.f1_macro[0]), 4),
         "train_all_channels_s": round(t_ref, 2), "train_s_per_epoch": round(s_epoch, 3),
         "pxpermute_fixed": {"k": k, "seconds": round(t_px, 2), "n_forward_images": int(fixed.info["n_forward_images"]),
-                            "ranking": list(fixed.ranked_channels)},
+                            "ranking": list(fixed.ranked_channels),
+                            "per_repeat_importances": np.round(fixed.importances, 6).tolist()},
         "pxpermute_adaptive": {"k_cap": k, "k_used": int(ada.info["n_repeats"]), "seconds": round(t_ada, 2),
                                "n_forward_images": int(ada.info["n_forward_images"]),
                                "stopped": (ada.info.get("adaptive") or {}).get("stopped"),
+                               "rule": {k_: v for k_, v in (ada.info.get("adaptive") or {}).items()
+                                        if k_ in ("method", "min_repeats", "chunk", "growth", "confidence", "tol")},
                                "ranking": list(ada.ranked_channels)},
         "loco": {"seconds": round(t_loco, 2), "n_trainings": int(loco.info["n_trainings"]),
                  "ranking": list(loco.ranked_channels), "importance": np.round(loco.importance, 4).tolist()},
@@ -184,8 +193,10 @@ def main(argv=None) -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--skip", nargs="*", default=[], choices=["real", "presets", "captum"])
     ap.add_argument("--out", default=None)
+    ap.add_argument("--save-model", default=None, help="pickle the real-data fold model here (for adaptive_k.py)")
+    ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     date = datetime.now(timezone.utc).strftime("%Y-%m-%d")
     out_path = Path(args.out or Path(__file__).parent / "results" / f"runtime_comparison_cpu_{date}.json")
     doc = {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
@@ -206,7 +217,7 @@ def main(argv=None) -> None:
         ds = _per_class_cap(full, args.real_cap)
         r = px_vs_loco(ds, label=f"cellcycle (Blasi 2016, {len(ds)} of {len(full)} cells, <= {args.real_cap} per class)",
                        epochs=args.epochs, k=args.k, n_splits=args.n_splits, model=args.model,
-                       batch_size=args.batch_size)
+                       batch_size=args.batch_size, save_model=args.save_model)
         doc["px_vs_loco"].append(r)
         save()
     if "captum" not in args.skip:

@@ -211,7 +211,7 @@ def run_repeats(
             if adaptive is not None and p >= adaptive.min_repeats:
                 conf = np.concatenate(conf_parts)[:p]
                 settled, why = ranking_settled(score(base_np, conf), aggregate=aggregate, rule=adaptive, history=history,
-                                               n_samples=len(indices))
+                                               n_samples=len(indices), cap=n_repeats)
                 if p >= n_repeats:  # evaluated at the cap only to record the ties
                     stopped = "cap" if settled else "cap (ranking not settled)"
                 elif settled:
