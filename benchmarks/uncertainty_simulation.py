@@ -51,7 +51,10 @@ Parts (each counted over ``--n-sims`` independent test sets / data sets)
    true SD; calibration (p-values of the noise channel, whose truth is 0) and
    power (weak channel).
 2. ``noise_model``: a model that reads only noise: how often the old reading
-   ("interval excludes 0 = used") calls the top channel used, per interval.
+   ("interval excludes 0 = used") calls the top channel used, per interval;
+   how often plain min-max scaling shows the top channel as 1.0 and how often
+   ``ImportanceResult.normalized()`` scales at all (only when the top channel's
+   bootstrap interval lies above 0).
 3. ``adaptive``: a dominant channel, a close pair, a noise channel and two
    ignored channels; fixed k = 100 vs the previous adaptive rule (point-estimate
    ties relative to the range, min 20 repeats) vs the confidence-sequence rule
@@ -69,6 +72,18 @@ Parts (each counted over ``--n-sims`` independent test sets / data sets)
    0.02 margin (should be <= 5 %) and a 0.05 margin (power), with the
    Nadeau-Bengio ratio 0.3125 (20 % validation split), 0.25 and 0 (plain t);
    fixed-sequence testing of three nested panels.
+6. ``engine_extras`` (the engine itself, 199 bootstrap replicates):
+   ``median``: 3 classes, k = 7, ``aggregate="median"``; how often the estimate
+   falls outside its own interval with per-repeat bootstrap counts (a bootstrap
+   of the median, the package now) and with counts pooled over repeats plus a
+   centring shift (the previous interval; the same runs, counts summed over
+   repeats).  ``sample_donors``: ``perturbation="sample"`` on a process whose
+   population importance is known (accuracy drop 1 - p^2 - (1-p)^2 = 0.32 for a
+   class share p = 0.2, the channel carrying the class): coverage and SE vs
+   true SD with recipient x donor weights (now) and recipient-only weights
+   (before; the engine with its donor weighting switched off).  ``rank_ties``:
+   the share a channel tied at exactly 0 gets for "its" rank, before (ties in
+   column order) and now (ties shared).
 
 Run:  nice -n 19 python benchmarks/uncertainty_simulation.py [--quick] [--n-sims N] [--no-figure]
 Output: JSON on stdout and in benchmarks/results/uncertainty_simulation.json;
@@ -389,7 +404,7 @@ def _prefix(run: FastRun, k: int) -> FastRun:
 def part_noise_model(n_sims: int, rng: np.random.Generator, n: int = 400, k: int = 100, B: int = 999) -> dict:
     mu = np.zeros(4)
     beta = np.array([1.0, 0.8, 0.6, 0.4])
-    perm_excl = boot_excl = norm_top = 0
+    perm_excl = boot_excl = norm_top = norm_shown = 0
     top_imp = []
     for i in range(n_sims):
         if i % 100 == 0:
@@ -404,6 +419,7 @@ def part_noise_model(n_sims: int, rng: np.random.Generator, n: int = 400, k: int
         reps = run.bootstrap(W)
         blo, bhi = np.quantile(reps[:, top], [0.025, 0.975])
         boot_excl += blo > 0 or bhi < 0
+        norm_shown += blo > 0  # ImportanceResult.normalized(): scaled only when the top interval lies above 0
         rng_ = m.max() - m.min()
         norm_top += rng_ > 0
     return {
@@ -412,6 +428,7 @@ def part_noise_model(n_sims: int, rng: np.random.Generator, n: int = 400, k: int
         "top_permutation_interval_excludes_0": round(perm_excl / n_sims, 3),
         "top_bootstrap_interval_excludes_0": round(boot_excl / n_sims, 3),
         "min_max_normalized_top_equals_1": round(norm_top / n_sims, 3),
+        "normalized_shown_now": round(norm_shown / n_sims, 3),
     }
 
 
@@ -708,6 +725,104 @@ def part_panels(n_sims: int, rng: np.random.Generator, N: int = 1000, n_splits: 
 # =============================================================================
 # figure and main
 # =============================================================================
+def _three_class_task(seed: int, n: int = 60):
+    import torch
+
+    r = np.random.default_rng(seed)
+    y = r.integers(0, 3, n)
+    X = r.normal(size=(n, 2, 4, 4)).astype("float32")
+    X[:, 0, :2] += y[:, None, None] * 0.6
+    W = torch.tensor([[-1.0, 0.0, 1.0]])
+
+    def model(x):
+        return (x[:, 0, :2].mean((1, 2))[:, None] - 0.6) * W * 3 + 0.2 * x[:, 1].mean((1, 2))[:, None] * W
+
+    return X, y, model
+
+
+def _donor_task(seed: int, n: int = 200, p: float = 0.2):
+    r = np.random.default_rng(seed)
+    y = (r.random(n) < p).astype(int)
+    X = r.normal(0, 0.05, size=(n, 1, 2, 2)).astype("float32")
+    X[:, 0] += y[:, None, None]
+    return X, y
+
+
+def _mean_model(x):
+    import torch
+
+    s = x[:, 0].mean((1, 2))
+    return torch.stack([0.5 - s, s - 0.5], 1)
+
+
+def part_engine_extras(n_sims: int, rng: np.random.Generator, B: int = 199) -> dict:
+    import warnings
+
+    import torch
+
+    import pxpermute.importance as engine
+    from pxpermute import channel_importance
+    from pxpermute.stats import _rank_shares, bootstrap_importances, percentile_interval
+
+    torch.set_num_threads(1)
+    warnings.simplefilter("ignore")
+    out: dict = {"n_bootstrap": B}
+    # -- median --------------------------------------------------------------------
+    n_med = min(n_sims, 300)
+    new_out = old_out = cells = 0
+    for _i in range(n_med):
+        seed = int(rng.integers(2**31))
+        X, y, model = _three_class_task(seed)
+        res = channel_importance(model, (X, y), n_repeats=7, aggregate="median", n_bootstrap=B, random_state=seed,
+                                 progress=False)
+        cells += res.importance.size
+        new_out += int(np.sum((res.importance < res.ci_low) | (res.importance > res.ci_high)))
+        pooled = res.bootstrap_confusion.sum(axis=1)  # the previous engine's counts, pooled over repeats
+        reps, _ = bootstrap_importances(res.bootstrap_baseline_confusion, pooled, metric="f1", aggregate="median",
+                                        present=res.present_classes, center=res.importance,
+                                        baseline_confusion=res.baseline_confusion, confusion=res.confusion)
+        lo, hi = percentile_interval(reps, 0.95)
+        old_out += int(np.sum((res.importance < lo - 1e-12) | (res.importance > hi + 1e-12)))
+    out["median"] = {"n_runs": n_med, "n_estimates": cells, "k": 7, "n_classes": 3,
+                     "outside_own_interval_per_repeat_bootstrap": new_out,
+                     "outside_own_interval_pooled_plus_shift": old_out}
+    # -- sample perturbation: donors ----------------------------------------------------
+    n_don = min(n_sims, 200)
+    truth = 1 - 0.2**2 - 0.8**2
+    rows = {}
+    original = engine._Plan.__init__
+    for label, donors in (("recipients_x_donors", True), ("recipients_only", False)):
+        def init(self, *a, _d=donors, **kw):
+            kw["boot_donors"] = kw.get("boot_donors", False) and _d
+            original(self, *a, **kw)
+
+        engine._Plan.__init__ = init
+        est, se, cover = [], [], 0
+        sub = np.random.default_rng([int(rng.integers(2**31)), 7])
+        try:
+            for _i in range(n_don):
+                seed = int(sub.integers(2**31))
+                X, y = _donor_task(seed)
+                res = channel_importance(_mean_model, (X, y), n_repeats=5, perturbation="sample", metric="accuracy",
+                                         n_bootstrap=B, random_state=seed, progress=False)
+                est.append(float(res.importance[0]))
+                se.append(float(res.bootstrap_se[0]))
+                cover += bool(res.ci_low[0] <= truth <= res.ci_high[0])
+        finally:
+            engine._Plan.__init__ = original
+        rows[label] = {"coverage": cover / n_don, "mean_bootstrap_se": float(np.mean(se)),
+                       "true_sd": float(np.std(est, ddof=1)), "mean_estimate": float(np.mean(est))}
+    out["sample_donors"] = {"n_test_sets": n_don, "n": 200, "class_share": 0.2, "k": 5, "metric": "accuracy",
+                            "truth": truth, **rows}
+    # -- ties at exactly 0 -------------------------------------------------------------------
+    reps = np.column_stack([rng.normal(0.2, 0.02, 999), np.zeros(999), np.zeros(999)])
+    old_rank = np.argsort(np.argsort(-np.round(reps, 12), axis=1, kind="stable"), axis=1, kind="stable")
+    out["rank_ties"] = {"channels": ["signal", "ignored_a", "ignored_b"],
+                        "p_own_rank_column_order": np.mean(old_rank == np.array([0, 1, 2]), axis=0).tolist(),
+                        "p_own_rank_ties_shared": _rank_shares(reps).mean(0)[[0, 1, 2], [0, 1, 2]].tolist()}
+    return out
+
+
 def figure(result: dict, path: Path) -> None:
     import matplotlib
 
@@ -775,8 +890,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--figure", default=str(ROOT / "book" / "how_sure_simulation.png"))
     ap.add_argument("--no-figure", action="store_true")
     ap.add_argument("--figure-only", action="store_true", help="redraw the figure from the result file (--out)")
+    ap.add_argument("--no-checks", action="store_true",
+                    help="skip bootstrap_check and engine_check (with --update the stored ones are kept)")
+    ap.add_argument("--update", action="store_true",
+                    help="keep the other parts of the existing result file (--out) and replace only --parts")
     ap.add_argument("--parts", nargs="*", default=["coverage", "noise_model", "adaptive", "adaptive_tol_0.01",
-                                                     "cross_validation", "panels"])
+                                                     "cross_validation", "panels", "engine_extras"])
     a = ap.parse_args(argv)
     n_sims = 100 if a.quick else a.n_sims
     if a.figure_only:
@@ -789,10 +908,11 @@ def main(argv=None) -> dict:
                     "note": "No interval of a single importance run covers retraining variability; only part "
                             "'cross_validation' (refits per fold) and 'panels' do."}
     timings = {}
-    result["bootstrap_check"] = bootstrap_check(rng)
-    t = time.perf_counter()
-    result["engine_check"] = engine_check(rng)
-    timings["engine_check"] = round(time.perf_counter() - t, 1)
+    if not a.no_checks:
+        result["bootstrap_check"] = bootstrap_check(rng)
+        t = time.perf_counter()
+        result["engine_check"] = engine_check(rng)
+        timings["engine_check"] = round(time.perf_counter() - t, 1)
     parts = {
         "coverage": lambda r: part_coverage(n_sims, r, ns=(100, 400) if a.quick else (100, 400, 1600)),
         "noise_model": lambda r: part_noise_model(n_sims, r),
@@ -800,6 +920,7 @@ def main(argv=None) -> dict:
         "adaptive_tol_0.01": lambda r: part_adaptive(n_sims, r, tie_tol=0.01),
         "cross_validation": lambda r: part_cv(n_sims, r),
         "panels": lambda r: part_panels(n_sims, r),
+        "engine_extras": lambda r: part_engine_extras(n_sims, r),
     }
     for name in a.parts:
         t = time.perf_counter()
@@ -810,6 +931,16 @@ def main(argv=None) -> dict:
     result["seconds"] = timings
     result["total_seconds"] = round(time.perf_counter() - t0, 1)
     out = Path(a.out)
+    if a.update and out.exists():
+        old = json.loads(out.read_text())
+        if old.get("n_sims") != n_sims or old.get("seed") != a.seed:
+            raise SystemExit(f"--update: {out} has n_sims={old.get('n_sims')}, seed={old.get('seed')}; "
+                             f"this run has n_sims={n_sims}, seed={a.seed}")
+        seconds = {**old.get("seconds", {}), **timings}
+        old.update({k: v for k, v in result.items() if k not in ("seconds", "total_seconds")})
+        old["seconds"] = seconds
+        old["total_seconds"] = round(sum(v for v in seconds.values()), 1)
+        result = old
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=1, default=_jsonable))

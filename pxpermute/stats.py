@@ -366,6 +366,14 @@ def percentile_interval(replicates: np.ndarray, confidence: float = 0.95) -> tup
 def bootstrap_p_values(replicates: np.ndarray) -> np.ndarray:
     """One-sided bootstrap p-values for H0: importance <= 0 against H1: importance > 0.
 
+    The null, exactly: *for this trained model*, the expected drop of the metric
+    when the unit is perturbed -- over test sets of this size drawn from the
+    population the test cells came from, and over the permutations -- is at
+    most 0.  It says nothing about other models (retraining), other samples or
+    instruments, and "not rejected" is not evidence that the model ignores the
+    unit.  Each p-value is for one unit; adjust for the number of units tested
+    (e.g. :func:`pxpermute.inference.bh_adjust`, as the per-class values are).
+
     ``p = (1 + #{b : T*_b <= 0}) / (B + 1)`` over the B replicates ``T*_b`` of
     each column: the test dual to the percentile interval (Efron & Tibshirani,
     *An Introduction to the Bootstrap*, 1993, ch. 15-16), with the usual +1 so a
