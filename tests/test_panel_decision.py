@@ -111,7 +111,7 @@ def fake_cross_validate_many(dataset, channel_subsets, *, n_splits, folds=None, 
             test_indices=[split[f][1] for f in fold_ids], f1_macro=f1, accuracy=f1.copy(),
             f1_per_class=np.zeros((len(fold_ids), ds.n_classes)), y_pred=[ds.labels[split[f][1]] for f in fold_ids],
             channels=names, channel_indices=list(ch), class_names=list(ds.class_names), random_state=random_state,
-            params={"n_splits": n_splits, "valid_fraction": valid_fraction}))
+            params={"n_splits": n_splits, "valid_fraction": valid_fraction, **({} if folds is None else {"folds": fold_ids})}))
     return out
 
 
@@ -225,6 +225,12 @@ def test_nested_ranking_reuse_and_validation(syn, stub_training):
     assert mp.info["ranked_stains"] == [c for c in nr.consensus() if c not in sf]
     if mp.searches["ranking"].found:  # the reported panel: the top of the consensus ranking
         assert mp.stains == mp.info["ranked_stains"][: len(mp.stains)]
+    # trainings of the comparison are reused: the minimal-panel sequence top-2 -> top-1 -> stain-free needs none
+    again = minimal_panel(syn, nr, n_splits=5, random_state=7, progress=False, max_stains=2, reuse=cmp)
+    assert again.n_trainings == 0 and mp.n_trainings > 0
+    np.testing.assert_allclose(again.path.f1_mean, mp.path.f1_mean)
+    with pytest.raises(ValueError, match="reuse"):
+        minimal_panel(syn, ["CD3"], n_splits=5, random_state=8, progress=False, reuse=cmp)
     with pytest.raises(ValueError, match="outer folds"):
         compare_panels(syn, nr, k=1, n_splits=3, progress=False)
     with pytest.raises(ValueError, match="random_state"):

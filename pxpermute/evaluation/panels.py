@@ -698,6 +698,7 @@ def compare_panels(
     nested: bool | None = None,
     inner_splits: int = 2,
     n_repeats: int = 20,
+    reuse: Any = None,
     n_jobs: int | None = None,
     progress: bool = True,
     **train_kwargs: Any,
@@ -765,6 +766,10 @@ def compare_panels(
         Inner folds of the built-in ``"pxpermute"`` ranking.
     n_repeats : int, default 20
         k of the built-in ranking.
+    reuse : PanelComparison, MinimalPanel or list of CVResult, optional
+        Cross-validations already run on the same folds with the same seed and
+        training options (e.g. a :func:`minimal_panel` result): panels found there
+        are not trained again (a mismatch of seed, folds or options raises).
     n_jobs : int or None, default None
         Trainings in parallel through joblib (``-1``: all cores; a Dask cluster
         inside ``joblib.parallel_config(backend="dask")``); the results do not
@@ -822,6 +827,8 @@ def compare_panels(
     panels.append(("all channels", "all", None, [list(range(ds.n_channels))] * n_splits))
 
     cache = SubsetTrainer(ds, n_splits=n_splits, random_state=random_state, train_kwargs=train_kwargs, n_jobs=n_jobs)
+    if reuse is not None:
+        cache.reuse(reuse, n_splits)
     fixed = [p for p in panels if len({SubsetTrainer.key(s) for s in p[3]}) == 1]
     cache.fit_many([p[3][0] for p in fixed], progress=progress, desc="panels")  # one batch for the fixed panels
     if rk.nested_ranking is not None:
@@ -1050,6 +1057,7 @@ def minimal_panel(
     nested: bool | None = None,
     inner_splits: int = 2,
     n_repeats: int = 20,
+    reuse: Any = None,
     n_jobs: int | None = None,
     progress: bool = True,
     tolerance: float | None = None,
@@ -1100,8 +1108,9 @@ def minimal_panel(
     max_stains : int, optional
         The largest panel tested holds this many stains (default: all stains but
         one; a panel of all stains is the reference itself).
-    nested, inner_splits, n_repeats
-        As in :func:`compare_panels`.
+    nested, inner_splits, n_repeats, reuse
+        As in :func:`compare_panels` (e.g. ``reuse=`` a PanelComparison on the
+        same folds: its panels are not trained again).
     n_jobs : int or None, default None
         Trainings in parallel (every candidate of a greedy step at once) through joblib (``-1``: all cores; a Dask cluster
         inside ``joblib.parallel_config(backend="dask")``); the results do not
@@ -1144,6 +1153,8 @@ def minimal_panel(
     if max_stains is not None:
         top = min(top, max_stains)
     cache = SubsetTrainer(ds, n_splits=n_splits, random_state=random_state, train_kwargs=train_kwargs, n_jobs=n_jobs)
+    if reuse is not None:
+        cache.reuse(reuse, n_splits)
     ref_cv, _ = cache.fit(range(ds.n_channels))
     ref = np.asarray(ref_cv.f1_macro, float)
     ratio = cv_test_train_ratio(ref_cv)

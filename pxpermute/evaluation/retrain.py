@@ -72,10 +72,44 @@ class SubsetTrainer:
         return key
 
     def add(self, cv: Any) -> None:
-        """Register a CVResult computed elsewhere (e.g. a ``reference=`` passed by the user)."""
+        """Register a CVResult computed elsewhere (e.g. a ``reference=`` passed by the user).
+
+        A one-fold result (``params["folds"] == [f]``, from a nested panel) is kept
+        for that fold only.
+        """
         key = self.key(cv.channel_indices)
+        folds = cv.params.get("folds") if isinstance(getattr(cv, "params", None), dict) else None
+        if folds is not None and len(folds) == 1 and len(cv.test_indices) == 1:
+            f = int(folds[0])
+            if self.folds is not None and not np.array_equal(self.folds[self._position(f)], cv.test_indices[0]):
+                raise RuntimeError("two channel subsets were cross-validated on different folds")
+            self.fold_results[(key, f)] = cv
+            return
         self._check_folds(cv)
         self.results[key] = cv
+
+    def reuse(self, earlier: Any, n_splits: int) -> int:
+        """Register the CVResults of an earlier panel analysis on the same folds; returns how many.
+
+        ``earlier``: a result with ``cv_results`` (PanelComparison, MinimalPanel) or
+        a list of CVResults.  Only results with this trainer's seed, number of
+        folds and training options are taken (anything else raises).
+        """
+        cvs = list(earlier.cv_results.values()) if hasattr(earlier, "cv_results") else list(earlier)
+        mine = {k: v for k, v in self.train_kwargs.items() if isinstance(v, (int, float, str, bool, type(None)))}
+        for cv in cvs:
+            if cv.random_state != self.random_state or cv.params.get("n_splits") != n_splits:
+                raise ValueError(f"reuse: a result was cross-validated with random_state={cv.random_state}, "
+                                 f"n_splits={cv.params.get('n_splits')}; this analysis uses {self.random_state}, "
+                                 f"{n_splits}")
+            theirs = {k: v for k, v in cv.params.items() if k not in ("n_splits", "folds")}
+            theirs.setdefault("valid_fraction", 0.2)
+            want = dict(mine)
+            want.setdefault("valid_fraction", 0.2)
+            if theirs != want:
+                raise ValueError(f"reuse: a result was trained with {theirs}, this analysis with {want}")
+            self.add(cv)
+        return len(cvs)
 
     def _check_folds(self, cv: Any) -> None:
         if self.folds is None:
