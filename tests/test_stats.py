@@ -465,6 +465,10 @@ def test_ties_at_zero_get_no_confident_rank():
     with pytest.warns(DeprecationWarning):
         assert res.rank_stability.tolist()[1:] == [0.5, 0.5]
     assert res.top_m_probabilities(2).tolist() == [1.0, 0.5, 0.5]
+    # the printed summary fits a book page (wrapped at 88 characters) and states what p tests
+    text = res.summary()
+    assert max(len(line) for line in text.splitlines()) <= 88
+    assert "H0 'the importance on test cells drawn like these, for" in text and "retraining" in text
 
 
 def test_normalized_cannot_turn_noise_into_one():
