@@ -559,3 +559,17 @@ def test_sample_perturbation_bootstrap_includes_donors():
     ratio = np.mean(se) / np.std(est, ddof=1)
     assert 0.75 < ratio < 1.5, ratio  # recipient-only weights give about 0.6
     assert cover / n_sets >= 0.85, cover
+
+
+def test_median_per_repeat_counts_survive_checkpoints(tmp_path):
+    """Per-repeat bootstrap counts are concatenated over chunks and stored in the checkpoint like pooled ones."""
+    X, y, model = _three_class_task(3)
+    opts = dict(n_repeats=6, aggregate="median", n_bootstrap=19, random_state=3, progress=False)
+    ref = channel_importance(model, (X, y), **opts)
+    ck = tmp_path / "ck.npz"
+    first = channel_importance(model, (X, y), checkpoint=ck, chunk_repeats=2, **opts)
+    np.testing.assert_array_equal(first.bootstrap_confusion, ref.bootstrap_confusion)
+    again = channel_importance(model, (X, y), checkpoint=ck, chunk_repeats=2, **opts)  # read back from the file
+    assert again.info["resumed_repeats"] == 6
+    np.testing.assert_array_equal(again.bootstrap_confusion, ref.bootstrap_confusion)
+    np.testing.assert_allclose(again.ci_low, ref.ci_low)
