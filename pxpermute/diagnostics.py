@@ -101,6 +101,13 @@ Checks and their rules
     ``perturbation="sample"`` -- and which an acquisition difference between
     sessions produces just as well.
 
+Does a trained model use the frame?
+-----------------------------------
+The checks judge the data, not a model.  :func:`mask_border` returns the same
+cells with the border ring of every channel replaced by the cell's own corner
+background (the level the ``shortcut`` check measures); score a model, or
+compute channel importance, on the masked and the unmasked cells and compare.
+
 Examples
 --------
 >>> from pxpermute.datasets import make_synthetic
@@ -124,7 +131,7 @@ import pandas as pd
 from ._fileio import ResultFileError, load_bundle, save_bundle
 from .datasets.base import IFCDataset
 
-__all__ = ["check_dataset", "DiagnosticsReport", "CHECKS", "ResultFileError"]
+__all__ = ["check_dataset", "mask_border", "BorderMask", "DiagnosticsReport", "CHECKS", "ResultFileError"]
 
 #: Names of the checks, in the order they run.
 CHECKS: tuple[str, ...] = (
@@ -282,7 +289,7 @@ class DiagnosticsReport:
     def title(self) -> str:
         i = self.info
         return (f"Data diagnostics: {i.get('dataset')} ({i.get('n_cells')} cells), border {i.get('border')} px, "
-                f"{i.get('n_splits')}-fold logistic regression, seed {i.get('random_state')}")
+                f"{i.get('n_splits')}-fold linear discriminant, seed {i.get('random_state')}")
 
     def plot(self, *, features: str = "border", ax: Any = None) -> Any:
         """Heatmap of the shortcut AUCs (class x channel) for ``features`` ("border" or "intensity").
@@ -496,6 +503,94 @@ def _oof_scores(features: np.ndarray, y: np.ndarray, classes: Sequence[int], n_s
     return out
 
 
+def _default_border(h: int, w: int) -> int:
+    return max(2, int(round(0.075 * min(h, w))))
+
+
+def _ring_and_corners(h: int, w: int, border: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The border ring (``border`` px wide) and the four corner squares (side ``2 x border``) as boolean masks."""
+    ring = np.zeros((h, w), bool)
+    ring[:border] = ring[-border:] = True
+    ring[:, :border] = ring[:, -border:] = True
+    cs = min(2 * int(border), min(h, w) // 2)
+    corners = []
+    for r0, c0 in ((0, 0), (0, w - cs), (h - cs, 0), (h - cs, w - cs)):
+        cm = np.zeros((h, w), bool)
+        cm[r0:r0 + cs, c0:c0 + cs] = True
+        corners.append(cm)
+    return ring, corners
+
+
+class BorderMask:
+    """Batch transform ``(B, C, H, W) -> (B, C, H, W)``: the border ring replaced by each cell's corner background.
+
+    The background of a cell's channel is the one the ``shortcut`` check measures: the
+    median of the medians of the four corner squares (side ``2 x border``).  A
+    ``previous`` transform (e.g. the data set's own) is applied first.  Picklable, so a
+    masked data set can go to worker processes.
+    """
+
+    def __init__(self, border: int, previous: Any = None) -> None:
+        self.border = int(border)
+        self.previous = previous
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x if self.previous is None else self.previous(x), dtype=np.float32)
+        h, w = x.shape[-2:]
+        ring, corners = _ring_and_corners(h, w, self.border)
+        flat = x.reshape(*x.shape[:-2], h * w)
+        bg = np.median(np.stack([np.median(flat[..., cm.ravel()], axis=-1) for cm in corners], axis=-1), axis=-1)
+        return np.where(ring, bg[..., None, None], x).astype(np.float32)
+
+    def __repr__(self) -> str:
+        return f"BorderMask(border={self.border})"
+
+
+def mask_border(dataset: Any, *, border: int | None = None) -> IFCDataset:
+    """The same cells with the outer ``border`` pixels of every channel set to the cell's own background.
+
+    Use it to test whether a trained model relies on the image frame, where
+    acquisition artefacts (a brighter frame, a session's background offset) live:
+    evaluate the model, or compute channel importance, on ``mask_border(data)``
+    and on ``data`` and compare.  The background is measured as the ``shortcut``
+    check measures it (median of the four corner squares' medians, per cell and
+    channel), so the masked frame carries no information beyond that one level.
+    Nothing is copied: the mask is a batch transform (:class:`BorderMask`) applied
+    after the data set's own transform, so lazy data stay lazy.
+
+    Parameters
+    ----------
+    dataset : IFCDataset or (images, labels)
+    border : int, optional
+        Ring width in pixels; default as in :func:`check_dataset`
+        (``max(2, round(0.075 x side))``, 3 px for 40 px tiles).
+
+    Returns
+    -------
+    IFCDataset
+        Named ``"<name>, border <b> px masked"``; ``provenance["border_masked"]`` records ``b``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x = np.arange(2 * 1 * 8 * 8, dtype=np.float32).reshape(2, 1, 8, 8)
+    >>> m = mask_border((x, [0, 1]), border=2)
+    >>> xm, _ = m.get_batch([0])
+    >>> bool(np.all(xm[0, 0, 2:-2, 2:-2] == x[0, 0, 2:-2, 2:-2])), len(np.unique(xm[0, 0, :2]))
+    (True, 1)
+    """
+    ds = _as_dataset(dataset)
+    _, h, w = ds.image_shape
+    if border is None:
+        border = _default_border(h, w)
+    if isinstance(border, bool) or not isinstance(border, (int, np.integer)) or not 1 <= border < min(h, w) / 2:
+        raise ValueError(f"border must be an int in [1, {math.ceil(min(h, w) / 2) - 1}] for {h}x{w} images, got {border!r}")
+    out = ds.with_transform(BorderMask(int(border), previous=ds.transform))
+    out.name = f"{ds.name}, border {int(border)} px masked"
+    out.provenance = {**ds.provenance, "border_masked": int(border)}
+    return out
+
+
 # -----------------------------------------------------------------------------
 # the entry point
 # -----------------------------------------------------------------------------
@@ -593,22 +688,14 @@ def check_dataset(
     if isinstance(n_splits, bool) or not isinstance(n_splits, (int, np.integer)) or n_splits < 2:
         raise ValueError(f"n_splits must be an int >= 2, got {n_splits!r}")
     if border is None:
-        border = max(2, int(round(0.075 * min(h, w))))
+        border = _default_border(h, w)
     if isinstance(border, bool) or not isinstance(border, (int, np.integer)) or not 1 <= border < min(h, w) / 2:
         raise ValueError(f"border must be an int in [1, {math.ceil(min(h, w) / 2) - 1}] for {h}x{w} images, got {border!r}")
     split_sets = _normalize_splits(splits, n)
     labels = ds.labels
     cnames, chnames = list(ds.class_names), list(ds.channel_names)
 
-    ring = np.zeros((h, w), bool)
-    ring[:border] = ring[-border:] = True
-    ring[:, :border] = ring[:, -border:] = True
-    cs = min(2 * int(border), min(h, w) // 2)
-    corners = []
-    for r0, c0 in ((0, 0), (0, w - cs), (h - cs, 0), (h - cs, w - cs)):
-        cm = np.zeros((h, w), bool)
-        cm[r0:r0 + cs, c0:c0 + cs] = True
-        corners.append(cm)
+    ring, corners = _ring_and_corners(h, w, border)
     side = max(2, min(h, w) // 2)
     centre = np.zeros((h, w), bool)
     centre[(h - side) // 2:(h - side) // 2 + side, (w - side) // 2:(w - side) // 2 + side] = True

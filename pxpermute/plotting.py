@@ -38,6 +38,8 @@ WRAP_CHARS = 18
 EMPTY_SPAN = 0.05
 #: every axes that shows tick labels keeps at least this drawing area (inches, width x height)
 MIN_AXES_INCHES = (1.6, 1.1)
+#: montage: at most this many image panels side by side (more cells of a class go to further rows)
+MONTAGE_MAX_PANELS = 12
 
 
 def _wrap(text: str, width: int = WRAP_CHARS) -> str:
@@ -251,6 +253,24 @@ def plot_per_class(result, ax=None, *, title: str | None = None, cmap: str = "ro
     return fig
 
 
+def _montage_grid(n_per_class: int, n_channels: int) -> tuple[int, int]:
+    """(cells per row, rows per class) for a montage: a grid sized from the content.
+
+    At most ``MONTAGE_MAX_PANELS`` panels side by side (``cap`` cells of ``n_channels`` panels).  Rows are
+    filled completely when a divisor of ``n_per_class`` allows it with at most twice the fewest possible rows
+    (the largest such divisor is the row length); otherwise the fewest rows, evenly filled.
+
+    >>> _montage_grid(6, 3), _montage_grid(3, 3), _montage_grid(1, 24), _montage_grid(3, 6), _montage_grid(7, 3)
+    ((3, 2), (3, 1), (1, 1), (1, 3), (4, 2))
+    """
+    cap = max(1, MONTAGE_MAX_PANELS // max(1, n_channels))
+    fewest = -(-n_per_class // cap)
+    divisor = max(d for d in range(1, min(cap, n_per_class) + 1) if n_per_class % d == 0)
+    if n_per_class // divisor <= 2 * fewest:
+        return divisor, n_per_class // divisor
+    return -(-n_per_class // fewest), fewest
+
+
 def plot_montage(
     dataset,
     *,
@@ -264,6 +284,13 @@ def plot_montage(
     title: str | None = None,
 ):
     """Example cells per class (rows) x channel (columns), Fig. 2 style.
+
+    Each cell is a block of its channels side by side; the cells of one class fill
+    a row of blocks, wrapped onto further rows when more than ``MONTAGE_MAX_PANELS``
+    (12) panels would stand side by side (as few rows as possible, evenly filled),
+    so many cells per class make a grid, not one long column.  The axes are created
+    cell by cell, channels in order (``fig.axes[i * n_channels + j]`` is channel
+    ``j`` of the ``i``-th shown cell slot).
 
     Each channel gets one contrast stretch shared by all shown cells: intensities
     between the ``percentiles`` of that channel over all shown cells map to
@@ -353,14 +380,36 @@ def plot_montage(
     spans = np.array([hi - lo for lo, hi in lims])
     ref = float(np.median(spans[spans > 0])) if np.any(spans > 0) else 1.0
     lims = [(lo, hi if hi - lo >= EMPTY_SPAN * ref else lo + ref) for lo, hi in lims]
-    n_rows, n_cols = len(picks), len(ch)
-    fig, axes = plt.subplots(
-        n_rows, n_cols, figsize=(panel_size * n_cols + 1.6, panel_size * n_rows + 0.8), squeeze=False
-    )
+    # Layout sized from the content: the cells of a class fill rows of at most MONTAGE_MAX_PANELS // n_channels
+    # cells (each cell a block of its channels side by side), in as few rows as possible and evenly filled;
+    # a thin gap separates cell blocks and classes.
+    n_ch = len(ch)
+    per_row, rows_per_class = _montage_grid(n_per_class, n_ch)
+    n_blocks_rows = len(cls) * rows_per_class
+    gap_w, gap_h = 0.12, 0.18  # spacer columns / rows, in panels
+    width_ratios = []
+    for b in range(per_row):
+        width_ratios += ([gap_w] if b else []) + [1.0] * n_ch
+    height_ratios = []
+    for r in range(n_blocks_rows):
+        height_ratios += ([gap_h] if r and r % rows_per_class == 0 and per_row > 1 else []) + [1.0]
+    fig = plt.figure(figsize=(panel_size * sum(width_ratios) + 1.6, panel_size * sum(height_ratios) + 0.8))
+    gs = fig.add_gridspec(len(height_ratios), len(width_ratios), width_ratios=width_ratios,
+                          height_ratios=height_ratios)
+    grid_row = {}  # block row -> gridspec row (spacer rows skipped)
+    g = 0
+    for r in range(n_blocks_rows):
+        if r and r % rows_per_class == 0 and per_row > 1:
+            g += 1
+        grid_row[r] = g
+        g += 1
     pos = 0
-    for r, (k, i) in enumerate(picks):
-        for j in range(n_cols):
-            ax = axes[r, j]
+    for slot, (k, i) in enumerate(picks):
+        within = slot % n_per_class  # position of the cell inside its class
+        r = cls.index(k) * rows_per_class + within // per_row
+        b = within % per_row
+        for j in range(n_ch):
+            ax = fig.add_subplot(gs[grid_row[r], b * (n_ch + 1) + j])
             ax.set_xticks([])
             ax.set_yticks([])
             for spine in ax.spines.values():
@@ -372,14 +421,46 @@ def plot_montage(
                 name = dataset.channel_names[ch[j]]
                 ax.set_title(_wrap(name + (" (sf)" if dataset.stain_free[ch[j]] else ""), max(6, int(9 * panel_size))),
                              fontsize=8)
-            if j == 0 and (r == 0 or picks[r - 1][0] != k):
+            if j == 0 and within == 0:
                 ax.set_ylabel(_wrap(str(dataset.class_names[k])), rotation=0, ha="right", va="center", fontsize=8)
         if i is not None:
             pos += 1
     name = getattr(dataset, "name", None) or "dataset"
     fig.suptitle(title or f"{name}: {n_per_class} example cell(s) per class x channel", fontsize=10)
     _legible(fig)
+    _fit_panels(fig, fig.axes[0], images.shape[-2] / max(1, images.shape[-1]), sum(width_ratios), sum(height_ratios))
     return fig
+
+
+def _below_suptitle(fig) -> tuple[float, float, float, float]:
+    """tight_layout rect that keeps the axes (and their titles) below the figure's suptitle."""
+    sup = getattr(fig, "_suptitle", None)
+    if sup is None or not sup.get_text():
+        return (0.0, 0.0, 1.0, 1.0)
+    box = sup.get_window_extent(fig.canvas.get_renderer())
+    return (0.0, 0.0, 1.0, max(0.5, 1.0 - (box.height + 6.0) / fig.bbox.height))
+
+
+def _fit_panels(fig, ax, aspect: float, n_wide: float, n_high: float, rounds: int = 3) -> None:
+    """Shrink the figure so that the grid cells have the images' aspect (no blank bands around the grid)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fig.tight_layout(rect=_below_suptitle(fig))
+    for _ in range(rounds):
+        w, h = fig.get_size_inches()
+        pos = ax.get_position(original=True)
+        cw, ch = pos.width * w, pos.height * h
+        if abs(ch - aspect * cw) <= 0.02 * ch:
+            break
+        if ch > aspect * cw:
+            fig.set_size_inches(w, max(1.0, h - (ch - aspect * cw) * n_high))
+        else:
+            fig.set_size_inches(max(1.0, w - (cw - ch / aspect) * n_wide), h)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fig.tight_layout(rect=_below_suptitle(fig))
 
 
 # ---------------------------------------------------------------------------

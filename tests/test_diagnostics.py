@@ -300,3 +300,26 @@ def test_real_cellcycle_findings(cc_root):
     folds = list(StratifiedKFold(5, shuffle=True, random_state=42).split(np.zeros(len(ds)), ds.labels))
     across = check_dataset(ds, splits=folds, checks=["duplicate", "near_duplicate"]).findings
     assert (across["check"] == "duplicate_across_splits").any()
+
+
+def test_mask_border_flattens_the_frame_and_removes_a_planted_shortcut():
+    """mask_border sets the ring to each cell's corner background, keeps the centre, and the planted frame is gone."""
+    from pxpermute.diagnostics import mask_border
+
+    art = _small("artefact")
+    masked = mask_border(art, border=3)
+    x, _ = art.get_batch(np.arange(20))
+    xm, _ = masked.get_batch(np.arange(20))
+    ring = np.zeros((32, 32), bool)
+    ring[:3] = ring[-3:] = True
+    ring[:, :3] = ring[:, -3:] = True
+    np.testing.assert_array_equal(xm[..., ~ring], x[..., ~ring])
+    assert np.all(np.ptp(xm[..., ring], axis=-1) == 0)  # one level per cell and channel
+    corner = np.median(x[0, 0, :6, :6])
+    assert np.isclose(xm[0, 0, 0, 0], np.median([corner, np.median(x[0, 0, :6, -6:]), np.median(x[0, 0, -6:, :6]),
+                                                np.median(x[0, 0, -6:, -6:])]))
+    assert masked.provenance["border_masked"] == 3 and "masked" in masked.name
+    assert "shortcut" in set(check_dataset(art, checks=["shortcut"]).findings["check"])
+    assert "shortcut" not in set(check_dataset(masked, checks=["shortcut"]).findings["check"])
+    with pytest.raises(ValueError, match="border"):
+        mask_border(art, border=16)

@@ -155,3 +155,29 @@ def test_montage_empty_channel_looks_empty():
     import matplotlib.pyplot as plt
 
     plt.close(fig)
+
+
+def test_montage_is_a_grid_sized_from_content():
+    """Many cells per class wrap into a grid (7 classes x 6 cells x 3 channels: 3 cells per row, 2 rows per class),
+    not one long column; axes stay in cell order, channels consecutive; the suptitle stays above every panel title."""
+    import matplotlib.pyplot as plt
+
+    rng = np.random.default_rng(5)
+    ds = IFCDataset(rng.random((70, 3, 16, 16)).astype("float32"), np.arange(70) % 7, channel_names=["BF", "DNA", "DF"])
+    fig = plotting.plot_montage(ds, n_per_class=6)
+    try:
+        assert len(fig.axes) == 7 * 6 * 3
+        x0 = sorted({round(ax.get_position().x0, 3) for ax in fig.axes})
+        y0 = sorted({round(ax.get_position().y0, 3) for ax in fig.axes})
+        assert len(x0) == 9 and len(y0) == 14, (len(x0), len(y0))
+        w, h = fig.get_size_inches()
+        assert 0.4 <= w / h <= 2.5, (w, h)
+        fig.canvas.draw()
+        r = fig.canvas.get_renderer()
+        sup = fig._suptitle.get_window_extent(r)
+        assert all(ax.title.get_window_extent(r).y1 <= sup.y0 + 1 for ax in fig.axes if ax.get_title())
+        # first cell of the first class: channels in order along x
+        assert [a.get_title() for a in fig.axes[:3]] == ["BF", "DNA", "DF"]
+        assert fig.axes[0].get_position().x0 < fig.axes[1].get_position().x0 < fig.axes[2].get_position().x0
+    finally:
+        plt.close(fig)
