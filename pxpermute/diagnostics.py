@@ -104,8 +104,8 @@ Checks and their rules
 Does a trained model use the frame?
 -----------------------------------
 The checks judge the data, not a model.  :func:`mask_border` returns the same
-cells with the border ring of every channel replaced by the cell's own corner
-background (the level the ``shortcut`` check measures); score a model, or
+cells with the border ring of every channel replaced by the background level
+just inside it; score a model, or
 compute channel importance, on the masked and the unmasked cells and compare.
 
 Examples
@@ -522,10 +522,12 @@ def _ring_and_corners(h: int, w: int, border: int) -> tuple[np.ndarray, list[np.
 
 
 class BorderMask:
-    """Batch transform ``(B, C, H, W) -> (B, C, H, W)``: the border ring replaced by each cell's corner background.
+    """Batch transform ``(B, C, H, W) -> (B, C, H, W)``: the border ring replaced by the background just inside it.
 
-    The background of a cell's channel is the one the ``shortcut`` check measures: the
-    median of the medians of the four corner squares (side ``2 x border``).  A
+    The level of a cell's channel is the median of the medians of the four
+    ``border x border`` squares diagonally inside the ring's corners: background
+    next to the frame but not in it, so a frame that differs (the artefact) leaves no
+    trace in the masked ring.  A
     ``previous`` transform (e.g. the data set's own) is applied first.  Picklable, so a
     masked data set can go to worker processes.
     """
@@ -537,9 +539,11 @@ class BorderMask:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x if self.previous is None else self.previous(x), dtype=np.float32)
         h, w = x.shape[-2:]
-        ring, corners = _ring_and_corners(h, w, self.border)
-        flat = x.reshape(*x.shape[:-2], h * w)
-        bg = np.median(np.stack([np.median(flat[..., cm.ravel()], axis=-1) for cm in corners], axis=-1), axis=-1)
+        b = self.border
+        ring, _ = _ring_and_corners(h, w, b)
+        # background just inside the ring: the four b x b squares diagonally inside the ring's corners
+        squares = [x[..., r:r + b, c:c + b] for r, c in ((b, b), (b, w - 2 * b), (h - 2 * b, b), (h - 2 * b, w - 2 * b))]
+        bg = np.median(np.stack([np.median(q.reshape(*q.shape[:-2], -1), axis=-1) for q in squares], axis=-1), axis=-1)
         return np.where(ring, bg[..., None, None], x).astype(np.float32)
 
     def __repr__(self) -> str:
@@ -547,14 +551,16 @@ class BorderMask:
 
 
 def mask_border(dataset: Any, *, border: int | None = None) -> IFCDataset:
-    """The same cells with the outer ``border`` pixels of every channel set to the cell's own background.
+    """The same cells with the outer ``border`` pixels of every channel set to the background just inside them.
 
     Use it to test whether a trained model relies on the image frame, where
     acquisition artefacts (a brighter frame, a session's background offset) live:
     evaluate the model, or compute channel importance, on ``mask_border(data)``
-    and on ``data`` and compare.  The background is measured as the ``shortcut``
-    check measures it (median of the four corner squares' medians, per cell and
-    channel), so the masked frame carries no information beyond that one level.
+    and on ``data`` and compare.  The level is measured per cell and channel just
+    inside the ring (median of four ``border x border`` squares diagonally inside
+    its corners, see :class:`BorderMask`), so the masked frame carries nothing the
+    frame itself held; a background offset of the whole image survives (it is in
+    the centre too, which masking the frame cannot test).
     Nothing is copied: the mask is a batch transform (:class:`BorderMask`) applied
     after the data set's own transform, so lazy data stay lazy.
 
