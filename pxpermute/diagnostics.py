@@ -259,13 +259,15 @@ class DiagnosticsReport:
             out.update(cells)
         return np.array(sorted(out), dtype=np.int64)
 
-    def summary(self) -> str:
-        """Printable text: the data, then one line per finding, most severe first."""
+    def summary(self, width: int = 100) -> str:
+        """Printable text: the data, then one finding per item (wrapped at ``width`` characters), most severe first."""
+        import textwrap
+
         i = self.info
         lines = [
             f"Data diagnostics of {i.get('dataset', 'dataset')!r}: {i.get('n_cells')} cells, "
             f"channels {i.get('channel_names')}, image {i.get('image_size')}, seed {i.get('random_state')}",
-            f"checks run: {', '.join(i.get('checks', []))}",
+            *textwrap.wrap(f"checks run: {', '.join(i.get('checks', []))}", width, subsequent_indent="    "),
         ]
         if self.findings.empty:
             lines.append("no findings")
@@ -277,7 +279,8 @@ class DiagnosticsReport:
         for _, r in df.iterrows():
             where = "/".join(str(v) for v in (r["class"], r["channel"]) if isinstance(v, str))
             where = f" [{where}]" if where else ""
-            lines.append(f"- {r['severity'].upper():7s} {r['check']}{where}: {r['detail']}")
+            lines += textwrap.wrap(f"- {r['severity'].upper():7s} {r['check']}{where}: {r['detail']}", width,
+                                   subsequent_indent="    ", break_on_hyphens=False)
         return "\n".join(lines)
 
     def __repr__(self) -> str:

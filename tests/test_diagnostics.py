@@ -187,6 +187,7 @@ def test_report_protocol_roundtrip(planted, tmp_path):
     assert {"check", "class", "channel", "score", "detail"} <= set(frame.columns)
     text = report.summary()
     assert "duplicate" in text and "planted" in text and text.count("\n") >= len(frame)
+    assert max(map(len, text.splitlines()[1:])) <= 100  # findings wrap: a book page or terminal does not cut them
     path = report.save(tmp_path / "diag")
     back = DiagnosticsReport.load(path)
     pd.testing.assert_frame_equal(back.findings, report.findings, check_dtype=False)

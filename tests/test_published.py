@@ -285,6 +285,19 @@ def test_sample_cell_registry_hash_matches_the_real_file(real_file, tmp_path):
         fetch_sample_cell(data_dir=tmp_path, download=False)
 
 
+def test_sample_cell_registry_agrees_with_the_reference_registry_and_the_data_folder(real_data_dir):
+    """One file, one place: the sample cell is the reference outputs' sample_image.h5 (same path, same hash), and
+    fetch_sample_cell finds it in the shared data folder without downloading."""
+    from pxpermute.datasets.reference import REFERENCE_REGISTRY
+
+    entry = REGISTRY["synapse_sample_cell"]
+    ref = [e for e in REFERENCE_REGISTRY.values() if e.relpath.endswith("sample_image.h5")]
+    assert len(ref) == 1 and ref[0].relpath == entry.relpath == "pxpermute_reference/sample_image.h5"
+    assert ref[0].sha256 == entry.sha256
+    root = real_data_dir(entry.relpath)
+    assert fetch_sample_cell(data_dir=root, download=False) == root / entry.relpath
+
+
 def test_synapse_download_extracts_the_archive(tmp_path, monkeypatch):
     import pooch
 

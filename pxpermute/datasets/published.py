@@ -120,9 +120,10 @@ REGISTRY: dict[str, RemoteFile] = {
         url="https://datadryad.org/api/v2/datasets/doi%3A10.5061%2Fdryad.ht76hdrk7/download",
         sha256=None,
     ),
-    # One real synapse-formation cell in the scifAI layout (hash verified on the real file).
+    # One real synapse-formation cell in the scifAI layout (hash verified on the real file); it is part of the
+    # reference outputs of marrlab/pxpermute, so it lives next to them in the data folder.
     "synapse_sample_cell": RemoteFile(
-        relpath="synapse_formation/sample_image.h5",
+        relpath="pxpermute_reference/sample_image.h5",  # the same file as the reference outputs (REFERENCE_REGISTRY)
         url="https://github.com/marrlab/pxpermute/raw/main/sample_image/sample_image.h5",
         sha256="6d68bb06828e91838a9c5d5c4dccf2017a323fc3f7bd0ba7d1f2b39d74139809",
         size=753968,
