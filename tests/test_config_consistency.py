@@ -66,3 +66,17 @@ def test_readme_badges_and_clone_url_match():
     assert set(binder) == {(SLUG, BRANCH)} and set(colab) == {(SLUG, BRANCH)}, (binder, colab)
     setup = (REPO / "book" / "learner_setup.md").read_text()
     assert f"git clone {URL}.git" in setup
+
+
+PLACEHOLDER = "https://github.com/pxpermute/pxpermute"
+
+
+def test_a_placeholder_address_is_called_one_where_learners_read_it():
+    """While _config.yml holds the placeholder address, the learner setup page says so plainly (clone, Binder and Colab
+    cannot work yet); once a real address is set, no page may still call it a placeholder."""
+    setup = (REPO / "book" / "learner_setup.md").read_text()
+    intro = (REPO / "book" / "intro.md").read_text()
+    if URL == PLACEHOLDER:
+        assert "**placeholder**" in setup and "placeholder" in intro
+    else:
+        assert "placeholder" not in setup.lower() and "placeholder" not in intro.lower()
