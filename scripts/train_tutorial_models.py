@@ -6,6 +6,14 @@ Usage (from the repository root, with the real data reachable through ``PXPERMUT
     python scripts/train_tutorial_models.py                       # train every group, write pxpermute/pretrained/
     python scripts/train_tutorial_models.py --only cellcycle_all  # one group
     python scripts/train_tutorial_models.py --check cellcycle_all # retrain into a temporary folder and compare
+    python scripts/train_tutorial_models.py --adopt cellcycle_all CV.pkl   # take the folds from a pickled run
+
+``--adopt`` takes the fold models of an identical cross-validation that already ran elsewhere (a
+pickled ``(CVResult, seconds)`` as ``benchmarks/realdata_cellcycle.py --cache`` writes them, e.g.
+``small_cnn_all_w32_seed42_ep20_n3418.pkl``) instead of training again; it refuses unless the
+folds (recomputed from the group's seed on the loaded data, so the cells and labels too),
+channels, model, epochs and width match the group, so the result is what training the group here gives (``--check`` retrains and
+compares).
 
 Every *group* is one stratified cross-validation (``pxpermute.training.cross_validate``) with fixed
 parameters and seed, i.e. exactly the folds the notebooks use (``StratifiedKFold(shuffle=True,
@@ -17,8 +25,10 @@ held-out scores and the epochs trained.  ``pxpermute.models.load_pretrained(name
 before loading; ``pxpermute.pretrained.load_cv(group, dataset)`` rebuilds a ``CVResult`` from the
 stored folds after checking the data fingerprint.
 
-Reproducibility: training runs on CPU with one torch thread and every random choice seeded, so a
-rerun on the same torch version gives byte-identical files (``--check`` reports it).  Across torch
+Reproducibility: training runs on CPU with a fixed number of torch threads (the group's
+``threads``, default 1) and
+every random choice seeded, so a rerun on the same torch version with the same thread count gives
+byte-identical files (``--check`` reports it).  Across torch
 versions or CPUs the weights may differ in the last digits: ``--check`` then accepts a group when
 every tensor agrees within ``TOLERANCE['weights']`` (absolute) and every fold's held-out F1-macro
 within ``TOLERANCE['f1_macro']``.
@@ -44,11 +54,15 @@ SMALL = {"model": "small_cnn", "model_kwargs": {"width": 16}, "batch_size": 128}
 
 # One entry per group: where the data come from and how the folds were trained.  The notebooks'
 # teach tier uses exactly these data parameters and seeds.
+# The cell-cycle groups: a width-8 SmallCNN, up to 4 epochs (what a tutorial can retrain in minutes). The
+# reference recipe of benchmarks/realdata_cellcycle.py (width 32, up to 20 epochs) is much stronger; its
+# cv_small stage trains exactly these folds, so `--adopt cellcycle_all <its cache pickle>` can take them over
+# once GROUPS says width 32 / 20 epochs (the stain-free group then needs the same recipe).
+CELLCYCLE_TRAIN = dict(SMALL, model_kwargs={"width": 8}, max_epochs=4)
 GROUPS: dict[str, dict] = {
-    "cellcycle_all": dict(data="cellcycle", channels=None, n_splits=5, seed=42,
-                          train=dict(SMALL, model_kwargs={"width": 8}, max_epochs=4)),
+    "cellcycle_all": dict(data="cellcycle", channels=None, n_splits=5, seed=42, train=CELLCYCLE_TRAIN),
     "cellcycle_stainfree": dict(data="cellcycle", channels=["BF", "DF"], n_splits=5, seed=42,
-                                train=dict(SMALL, model_kwargs={"width": 8}, max_epochs=4)),
+                                train=CELLCYCLE_TRAIN),
     "apoptotic_synthetic": dict(data="synthetic", preset="apoptotic", n_samples=500, image_size=32, n_splits=5,
                                 seed=42, channels=None, train=dict(SMALL, max_epochs=6)),
     "wbc_synthetic": dict(data="synthetic", preset="wbc", n_samples=500, image_size=32, n_splits=5,
@@ -77,16 +91,62 @@ def sha256(path: Path) -> str:
 def train_group(name: str, out: Path) -> dict:
     import torch
 
-    from pxpermute.pretrained import data_fingerprint
     from pxpermute.training import cross_validate
 
     spec = GROUPS[name]
-    torch.set_num_threads(1)
+    torch.set_num_threads(int(spec.get("threads", 1)))
     ds = load_group_data(spec)
     t0 = time.perf_counter()
     cv = cross_validate(ds, n_splits=spec["n_splits"], channels=spec["channels"], random_state=spec["seed"],
                         progress=False, **spec["train"])
     seconds = time.perf_counter() - t0
+    return save_group(name, ds, cv, seconds, out)
+
+
+def adopt_group(name: str, pickle_path: Path, out: Path) -> dict:
+    """The group from a pickled ``(CVResult, seconds)`` of an identical run, after checking that it is one."""
+    import pickle
+
+    import numpy as np
+    import torch
+    from sklearn.model_selection import StratifiedKFold
+
+    from pxpermute.models import build_model
+
+    spec = GROUPS[name]
+    ds = load_group_data(spec)
+    cv, seconds = pickle.loads(Path(pickle_path).read_bytes())
+    want_ch = list(ds.channel_names) if spec["channels"] is None else list(spec["channels"])
+    problems = []
+    if list(cv.channels) != want_ch:
+        problems.append(f"channels {cv.channels} != {want_ch}")
+    if cv.random_state != spec["seed"] or int(cv.params.get("n_splits", -1)) != spec["n_splits"]:
+        problems.append(f"seed/n_splits {cv.random_state}/{cv.params.get('n_splits')} != {spec['seed']}/{spec['n_splits']}")
+    for key in ("model", "max_epochs", "batch_size"):
+        if cv.params.get(key, 128 if key == "batch_size" else None) != spec["train"][key]:
+            problems.append(f"{key} {cv.params.get(key)!r} != {spec['train'][key]!r}")
+    folds = list(StratifiedKFold(spec["n_splits"], shuffle=True, random_state=spec["seed"]).split(
+        np.zeros(len(ds)), ds.labels))
+    if len(folds) != len(cv.test_indices) or any(not np.array_equal(te, t) for (_, te), t in zip(folds, cv.test_indices)):
+        problems.append("test folds differ from the group's folds (other cells or another split)")
+    for i, net in enumerate(cv.models):
+        ref = build_model(spec["train"]["model"], len(want_ch), ds.n_classes, **spec["train"]["model_kwargs"])
+        got = {k[len("model."):]: v for k, v in net.module_.state_dict().items() if k.startswith("model.")}
+        if {k: tuple(v.shape) for k, v in ref.state_dict().items()} != {k: tuple(v.shape) for k, v in got.items()}:
+            problems.append(f"fold {i}: the network is not {spec['train']['model']}({spec['train']['model_kwargs']})")
+    if problems:
+        raise SystemExit(f"{pickle_path} is not group {name}: " + "; ".join(problems))
+    torch.set_num_threads(int(spec.get("threads", 1)))
+    print(f"{name}: adopting {pickle_path} (folds, channels, model, width, epochs and data match)")
+    return save_group(name, ds, cv, seconds, out, adopted_from=Path(pickle_path).name)
+
+
+def save_group(name: str, ds, cv, seconds: float, out: Path, adopted_from: str | None = None) -> dict:
+    import torch
+
+    from pxpermute.pretrained import data_fingerprint
+
+    spec = GROUPS[name]
     models = {}
     for i, net in enumerate(cv.models):
         fname = f"{name}_fold{i}.pt"
@@ -109,7 +169,10 @@ def train_group(name: str, out: Path) -> dict:
         "f1_per_class": [[round(float(v), 6) for v in row] for row in cv.f1_per_class],
         "accuracy": [round(float(v), 6) for v in cv.accuracy],
         "models": sorted(models), "train_seconds": round(seconds, 1),
-        "torch": torch.__version__, "torch_threads": 1,
+        "torch": torch.__version__, "torch_threads": int(spec.get("threads", 1)),
+        "normalization_high": "image_max", "duplicates_dropped": ds.provenance.get("duplicates_dropped"),
+        "trained_by": ("scripts/train_tutorial_models.py" if adopted_from is None else
+                       f"benchmarks/realdata_cellcycle.py (cache file {adopted_from}), the same cross_validate call"),
     }
     print(f"{name}: F1-macro {cv.f1_macro_mean:.3f} ± {cv.f1_macro_std:.3f} over {spec['n_splits']} folds "
           f"({seconds:.0f} s)", flush=True)
@@ -159,13 +222,17 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", nargs="+", choices=sorted(GROUPS), help="train only these groups")
     ap.add_argument("--check", nargs="+", choices=sorted(GROUPS), help="retrain these groups and compare")
+    ap.add_argument("--adopt", nargs=2, metavar=("GROUP", "PICKLE"),
+                    help="store GROUP from a pickled (CVResult, seconds) of an identical run instead of training")
     args = ap.parse_args(argv)
     if args.check:
         return 0 if all([check_group(g) for g in args.check]) else 1
     OUT.mkdir(parents=True, exist_ok=True)
-    for name in args.only or list(GROUPS):
+    if args.adopt and args.adopt[0] not in GROUPS:
+        ap.error(f"unknown group {args.adopt[0]!r}; choose from {sorted(GROUPS)}")
+    for name in [args.adopt[0]] if args.adopt else (args.only or list(GROUPS)):
         with tempfile.TemporaryDirectory() as tmp:
-            fresh = train_group(name, Path(tmp))
+            fresh = adopt_group(name, Path(args.adopt[1]), Path(tmp)) if args.adopt else train_group(name, Path(tmp))
             lock = open(Path(tempfile.gettempdir()) / "pxpermute-registry.lock", "w")  # several trainings may finish at once
             fcntl.flock(lock, fcntl.LOCK_EX)
             reg = read_registry(OUT)
