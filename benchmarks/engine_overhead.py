@@ -10,7 +10,9 @@ load average before and after (on a shared machine the per-round ratios show how
 Run:  python benchmarks/engine_overhead.py [--device cuda] [--amp] [--channels-last] [--quick] [--out FILE]
       python benchmarks/engine_overhead.py --issue17 --rounds 7   # the issue-17 CPU target: 2x32x32,
             k = 4, ResNet18, batch 256; JSON to benchmarks/results/engine_overhead_cpu_<date>.json
-(--amp / --channels-last apply to both the engine and the bare forward passes.)
+(--amp / --channels-last apply to both the engine and the bare forward passes.  --before-after also times,
+in the same interleaved rounds, the engine with pixel permutations by a stable torch.argsort ("generic_argsort",
+the path before the CPU fast path) and the pre-issue-17 hot path.)
 """
 from __future__ import annotations
 
@@ -87,6 +89,23 @@ class before_issue17:
         _Predictor.__call__, keys._head = self.call, self.head
 
 
+class generic_argsort:
+    """Context manager: pixel permutations by ``torch.argsort(keys, stable=True)`` (the path before the
+    CPU fast path of :func:`pxpermute.perturb._pixel_permutation_cpu`; identical permutations)."""
+
+    def __enter__(self):
+        import pxpermute.perturb as pp
+
+        self.fast = pp._pixel_permutation_cpu
+        pp._pixel_permutation_cpu = lambda base, n_pixels: None
+        return self
+
+    def __exit__(self, *exc):
+        import pxpermute.perturb as pp
+
+        pp._pixel_permutation_cpu = self.fast
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cpu")
@@ -96,6 +115,7 @@ def main() -> None:
     ap.add_argument("--amp", action="store_true", help="bfloat16 autocast (CUDA only)")
     ap.add_argument("--channels-last", action="store_true", help="channels-last memory format (CUDA only)")
     ap.add_argument("--out", default=None, help="also write the JSON to this file")
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--before-after", action="store_true",
                     help="also time the pre-issue-17 hot path (per-pass checks) in the same interleaved rounds")
     ap.add_argument("--issue17", action="store_true",
@@ -103,7 +123,7 @@ def main() -> None:
     args = ap.parse_args()
     device = torch.device(args.device)
     if device.type == "cpu":
-        torch.set_num_threads(2)
+        torch.set_num_threads(args.threads)
     configs = [  # (C, H, W, k, N)
         (2, 32, 32, 10, 256),
         (6, 32, 32, 5, 256),
@@ -137,10 +157,16 @@ def main() -> None:
         n_img = N * (1 + C * k)
         channel_importance(model, (X[:8], y[:8]), n_repeats=1, progress=False, random_state=0)  # warm-up
         pure_forward(model, args.batch_size, args.batch_size, (C, H, W), device, args.amp, args.channels_last)
-        t_eng, t_fwd, t_old = [], [], []
+        t_eng, t_fwd, t_old, t_arg = [], [], [], []
         for _ in range(args.rounds):
             if args.before_after:
-                with before_issue17():
+                with generic_argsort():
+                    t = time.perf_counter()
+                    res_arg = channel_importance(model, (X, y), n_repeats=k, batch_size=args.batch_size,
+                                                 progress=False, random_state=0, device=device, amp=args.amp,
+                                                 channels_last=args.channels_last)
+                    t_arg.append(time.perf_counter() - t)
+                with before_issue17(), generic_argsort():
                     t = time.perf_counter()
                     res_old = channel_importance(model, (X, y), n_repeats=k, batch_size=args.batch_size,
                                                  progress=False, random_state=0, device=device, amp=args.amp,
@@ -167,6 +193,14 @@ def main() -> None:
                                "ratio_min_max_of_pairs": [round(float(pair.min()), 4), round(float(pair.max()), 4)],
                                "ratio_of_medians": round(float(np.median(t_eng) / np.median(t_fwd)), 4),
                                "load_avg_after": [round(v, 2) for v in os.getloadavg()]})
+        if t_arg:
+            assert np.array_equal(res_arg.confusion, res.confusion)  # the same permutations either way
+            arg_pair = np.array(t_arg) / np.array(t_fwd)
+            out["results"][-1]["generic_argsort"] = {
+                "what": generic_argsort.__doc__.split("\n")[0], "engine_s_all": [round(v, 4) for v in t_arg],
+                "ratio": round(min(t_arg) / tf, 4), "ratio_median_of_pairs": round(float(np.median(arg_pair)), 4),
+                "ratio_min_max_of_pairs": [round(float(arg_pair.min()), 4), round(float(arg_pair.max()), 4)],
+                "ratio_of_medians": round(float(np.median(t_arg) / np.median(t_fwd)), 4)}
         if t_old:
             assert np.array_equal(res_old.confusion, res.confusion)  # the same numbers either way
             old_pair = np.array(t_old) / np.array(t_fwd)
