@@ -9,8 +9,12 @@ stopped run; a stage that did not run says so in ``stages``):
                    fold's held-out cells; per fold and pooled over folds.
 4. ``baselines``   occlusion (fill 0), Integrated Gradients and DeepLift per fold.
 5. ``k_ablation``  k = 5 ... 100 (prefixes of the k = 100 run, fold 0) and adaptive k.
-6. ``roar``        remove-and-retrain: every ranking's 1- and 2-channel removals retrained
-                   (small CNN, 5 folds) over ``--seeds`` seeds.
+6. ``roar``        remove-and-retrain: EVERY channel subset retrained once per seed (small CNN,
+                   the seed's 5 folds, ``--roar-epochs``) over ``--seeds`` seeds; every ranking's
+                   1- and 2-channel removals are look-ups, "Random" is the exact mean over all
+                   subsets of that size, and each method is compared with Random by the paired
+                   difference per (seed, fold). Written after every subset; a ``--deadline``
+                   leaves the stage ``partial`` with what ran.
 7. ``cv_resnet``   5-fold CV of ResNet18 on all channels (the published architecture).
 
 Usage::
@@ -48,9 +52,14 @@ its stage has run -- look at ``stages`` first)::
     k_ablation   {fold, perturbation, channels, rows: [{k, importance[ch], ci_low, ci_high, ranking}],
                   first_stable_k}
     adaptive_k   {fold, max_k, k_used, rule, ranking, importance[ch], seconds}
-    remove_and_retrain  {model, model_kwargs, max_epochs, seeds, rankings{method: [ch]},
+    remove_and_retrain  {model, model_kwargs, max_epochs, n_splits, seeds, seeds_complete, complete, note,
+                         rankings{method: [ch]}, random, interval_covers,
+                         runs: [{seed, channels, n_removed, f1_macro[fold], test_sizes[fold]}],
                          rows: [{seed, method, n_removed, channels, fold, f1_macro}],
-                         summary: [{method, n_removed, mean, std, count}], interval_covers}
+                         summary: [{method, n_removed, channels, mean, std, count, seeds}],
+                         paired: [{method, n_removed, channels, n_pairs, mean_diff, ci_low, ci_high,
+                                   ci_low_corrected, ci_high_corrected, p_t}]  (method - Random),
+                         by_subset: [{channels, n_removed, mean, std, count}]}
     normalization_check {features, classifier, variants{name: {high[ch], low[ch], f1_macro,
                          f1_per_class{phase}, clipped_pixels_per_cell{ch: {phase}}}}}
 """
@@ -181,6 +190,181 @@ def _normalization_check(ds) -> dict:
     return out
 
 
+def _roar(doc: dict, ds, cv, args, left, save) -> dict:
+    """Remove-and-retrain on every channel subset, paired per (seed, fold), Random as an exact average.
+
+    With C channels, removing n of them leaves one of C-choose-n subsets; every distinct subset is
+    trained once per seed (``cross_validate``, small CNN, the seed's own 5 folds), so any ranking's
+    curve is a look-up and "Random" is the *exact* expectation over random rankings: the mean of
+    all subsets of that size, per (seed, fold).  Each method is compared with Random by the paired
+    difference (method minus Random) over the seed x fold pairs: mean, a t-interval over the pairs
+    and the Nadeau-Bengio corrected interval (folds share training cells).  What these intervals
+    cover: the randomness of training (seeds) and of the CV split (folds) on THIS data set; not new
+    data, new donors or another experiment.
+    """
+    import itertools
+
+    from scipy import stats
+
+    chans = list(ds.channel_names)
+    nc = len(chans)
+    epochs = args.roar_epochs or args.epochs_small
+    width = args.roar_width or args.width
+    rankings: dict[str, list[str]] = {}
+    for key, name in (("pxpermute", "PXPermute"), ("cross_sample", "cross-sample"), ("occlusion", "Occlusion"),
+                      ("integrated_gradients", "IntegratedGradients"), ("deeplift", "DeepLift")):
+        entry = doc["importance"].get(key)
+        if entry:
+            rankings[name] = list(entry.get("ranking") or entry["pooled"]["ranking"])
+    subsets = [tuple(c for c in chans if c in keep)
+               for n_removed in range(nc) for keep in itertools.combinations(chans, nc - n_removed)]
+    runs: list[dict] = []
+    out = {"model": "small_cnn", "model_kwargs": {"width": width}, "max_epochs": epochs,
+           "n_splits": args.n_splits, "seeds": list(args.seeds), "rankings": rankings, "runs": runs,
+           "random": "exact expectation over random rankings: the mean over all C-choose-(C-n) kept subsets of the "
+                     "same (seed, fold)",
+           "interval_covers": "the seed x fold pairs: training randomness (seeds) and the CV split (folds) on this "
+                              "data set; not new data. t: t-interval over the pairs as if independent; corrected: "
+                              "Nadeau-Bengio (variance x (1/J + n_test/n_train), n_train = the 64 % of cells "
+                              "actually trained on)",
+           "complete": False, "note": None}
+    doc["remove_and_retrain"] = out  # saved after every subset, so partial results survive
+    durations: list[float] = []
+    skipped = []
+    for seed in args.seeds:
+        for sub in subsets:
+            n_removed = nc - len(sub)
+            est = float(np.median(durations)) if durations else 0.0
+            if left() < est:
+                skipped.append(f"seed {seed} {','.join(sub)}")
+                continue
+            t = time.time()
+            res, _ = cv(None if n_removed == 0 else list(sub), seed=seed, epochs=epochs, kwargs={"width": width})
+            if time.time() - t > 5:  # freshly trained (not from the cache): a duration estimate
+                durations.append(time.time() - t)
+            runs.append({"seed": seed, "channels": list(sub), "n_removed": n_removed,
+                         "f1_macro": [float(v) for v in res.f1_macro],
+                         "test_sizes": [int(len(te)) for te in res.test_indices]})
+            _roar_summary(out, chans, rankings, stats)
+            save()
+    out["complete"] = not skipped
+    if skipped:
+        out["note"] = (f"deadline reached: {len(skipped)} of {len(args.seeds) * len(subsets)} seed x subset "
+                       f"cross-validations not run ({'; '.join(skipped[:8])}{' ...' if len(skipped) > 8 else ''})")
+    _roar_summary(out, chans, rankings, stats)
+    return out
+
+
+def _roar_summary(out: dict, chans, rankings, stats) -> None:
+    """Fill ``rows``, ``summary`` and ``paired`` of the remove-and-retrain entry from its ``runs``."""
+    import itertools
+
+    nc = len(chans)
+    f1 = {(r["seed"], tuple(r["channels"])): np.asarray(r["f1_macro"]) for r in out["runs"]}
+    seeds = sorted({r["seed"] for r in out["runs"]})
+    rows, summary, paired = [], [], []
+    n_frac = 0.2 / (0.8 * 0.8)  # n_test / n_train: 1/5 tested, 4/5 x 80 % trained (20 % validation)
+    for n_removed in range(nc):
+        all_subs = [tuple(c for c in chans if c in keep) for keep in itertools.combinations(chans, nc - n_removed)]
+        # seeds for which every subset of this size has run: Random is exact there
+        full = [s for s in seeds if all((s, sub) in f1 for sub in all_subs)]
+        methods = {m: tuple(c for c in chans if c in r[: nc - n_removed]) for m, r in rankings.items()}
+        per = {m: [f1[(s, sub)] for s in full] for m, sub in methods.items()}
+        per["Random"] = [np.mean([f1[(s, sub)] for sub in all_subs], axis=0) for s in full]
+        for m, vals in per.items():
+            if not vals:
+                continue
+            v = np.concatenate(vals)
+            for s, fold_vals in zip(full, vals):
+                for fold, val in enumerate(fold_vals):
+                    rows.append({"seed": s, "method": m, "n_removed": n_removed,
+                                 "channels": "Random (all subsets)" if m == "Random" else ",".join(methods[m]),
+                                 "fold": fold, "f1_macro": float(val)})
+            summary.append({"method": m, "n_removed": n_removed,
+                            "channels": None if m == "Random" else list(methods[m]), "mean": float(v.mean()),
+                            "std": float(v.std(ddof=1)) if v.size > 1 else None, "count": int(v.size),
+                            "seeds": full})
+            if m == "Random" or n_removed == 0:
+                continue
+            d = np.round(v - np.concatenate(per["Random"]), 12)  # exact ties stay exactly 0
+            j = d.size
+            entry = {"method": m, "n_removed": n_removed, "channels": list(methods[m]), "n_pairs": int(j),
+                     "mean_diff": float(d.mean())}
+            if j > 1:
+                sd = float(d.std(ddof=1))
+                q = float(stats.t.ppf(0.975, j - 1))
+                half = q * sd / np.sqrt(j)
+                half_c = q * sd * np.sqrt(1.0 / j + n_frac)
+                entry.update(ci_low=float(d.mean() - half), ci_high=float(d.mean() + half),
+                             ci_low_corrected=float(d.mean() - half_c), ci_high_corrected=float(d.mean() + half_c),
+                             p_t=float(stats.ttest_1samp(d, 0.0).pvalue) if sd > 0 else None)
+            paired.append(entry)
+    # the subsets themselves: mean over the (seed, fold) pairs that ran
+    by_sub = []
+    for sub in sorted({tuple(r["channels"]) for r in out["runs"]}, key=lambda c: (-len(c), c)):
+        v = np.concatenate([f1[(s, sub)] for s in seeds if (s, sub) in f1])
+        by_sub.append({"channels": list(sub), "n_removed": nc - len(sub), "mean": float(v.mean()),
+                       "std": float(v.std(ddof=1)) if v.size > 1 else None, "count": int(v.size)})
+    out.update(rows=rows, summary=summary, paired=paired, by_subset=by_sub,
+               seeds_complete=sorted({s for s in seeds
+                                      if all((s, tuple(c for c in chans if c in k)) in f1
+                                             for n in range(nc) for k in itertools.combinations(chans, nc - n))}))
+
+
+
+_STAGE_KEYS = {"cv_small": [("performance", "small_cnn/all")],
+               "stain_free": [("performance", "small_cnn/stain_free"), ("stain_free_test",)],
+               "pxpermute": [("importance", "pxpermute"), ("importance", "cross_sample")],
+               "baselines": [("importance", "occlusion"), ("importance", "integrated_gradients"),
+                             ("importance", "deeplift")],
+               "k_ablation": [("k_ablation",), ("adaptive_k",)],
+               "roar": [("remove_and_retrain",)],
+               "normalization": [("normalization_check",)],
+               "cv_resnet": [("performance", "resnet18/all")]}
+
+
+def _merge(out: Path, others: list[Path]) -> int:
+    """Copy the stages that are done (or partial) in ``others`` into ``out``; recompute the ROAR summary."""
+    from scipy import stats
+
+    doc = json.loads(out.read_text())
+    for path in others:
+        other = json.loads(path.read_text())
+        stages = dict(other.get("stages", {}))
+        for stage, keys in _STAGE_KEYS.items():  # a run stopped inside a stage: what it had saved
+            if stage not in stages and any(k[-1] in (other.get(k[0], {}) if len(k) == 2 else other) for k in keys):
+                stages[stage] = {"status": "partial", "seconds": None, "finished": other.get("updated"),
+                                 "note": "the run was stopped inside this stage; the results saved until then"}
+        for stage, info in stages.items():
+            if info.get("status") not in ("done", "partial"):
+                continue
+            if doc["stages"].get(stage, {}).get("status") == "done" and info.get("status") != "done":
+                continue
+            for key in _STAGE_KEYS.get(stage, []):
+                src, dst = other, doc
+                for part in key[:-1]:
+                    src = src.get(part, {})
+                    dst = dst.setdefault(part, {})
+                if key[-1] in src:
+                    dst[key[-1]] = src[key[-1]]
+            doc["stages"][stage] = dict(info, note=((info.get("note") or "") + f" [merged from {path.name}; "
+                                                    f"run parameters: {other.get('run_args')}]").strip())
+            print(f"merged {stage} ({info.get('status')}) from {path}")
+    rr = doc.get("remove_and_retrain")
+    if rr:  # rankings from this file's importance stages
+        rankings = {}
+        for key, name in (("pxpermute", "PXPermute"), ("cross_sample", "cross-sample"), ("occlusion", "Occlusion"),
+                          ("integrated_gradients", "IntegratedGradients"), ("deeplift", "DeepLift")):
+            entry = doc.get("importance", {}).get(key)
+            if entry:
+                rankings[name] = list(entry.get("ranking") or entry["pooled"]["ranking"])
+        rr["rankings"] = rankings
+        _roar_summary(rr, doc["dataset"]["channels"], rankings, stats)
+    _write(doc, out)
+    return 0
+
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", default=os.environ.get("PXPERMUTE_DATA_DIR"))
@@ -192,6 +376,12 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
     p.add_argument("--roar-epochs", type=int, default=None, help="epochs of the remove-and-retrain models "
                    "(default --epochs-small)")
+    p.add_argument("--roar-width", type=int, default=None, help="SmallCNN width of the remove-and-retrain models "
+                   "(default --width)")
+    p.add_argument("--adaptive-max", type=int, default=1000, help="largest k of the adaptive-k run")
+    p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                   help="copy the finished stages of these result files (parallel runs of this script with --out "
+                        "elsewhere) into --out, recompute the remove-and-retrain summary with the rankings, and exit")
     p.add_argument("--ig-cells", type=int, default=300, help="held-out cells per fold for IG/DeepLift")
     p.add_argument("--stages",
                    default="cv_small,stain_free,pxpermute,baselines,k_ablation,roar,normalization,cv_resnet")
@@ -213,6 +403,8 @@ def main(argv=None) -> int:
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if args.merge:
+        return _merge(out, [Path(m) for m in args.merge])
     deadline = None
     if args.deadline:
         hh, mm = (int(v) for v in args.deadline.split(":"))
@@ -233,6 +425,7 @@ def main(argv=None) -> int:
         doc = json.loads(out.read_text())
     doc.setdefault("schema", SCHEMA)
     doc.setdefault("started", _now())
+    doc["run_args"] = {k: v for k, v in vars(args).items() if k not in ("data_dir", "out", "cache", "merge")}
     doc["dataset"] = {
         "name": "cellcycle",
         "title": ds.provenance.get("title"),
@@ -277,7 +470,7 @@ def main(argv=None) -> int:
         import pickle
 
         epochs = epochs or args.epochs_small
-        key = (model, tuple(channels) if channels else None, seed, epochs)
+        key = (model, tuple(channels) if channels else None, seed, epochs, (kwargs or small_kw).get("width", 0))
         if key in cache:
             return cache[key]
         fname = None
@@ -378,48 +571,17 @@ def main(argv=None) -> int:
                     doc["k_ablation"] = {"fold": 0, "perturbation": "pixel", "channels": ds.channel_names,
                                          "rows": rows, "first_stable_k": getattr(abl, "first_stable_k", None)}
                     t = time.time()
-                    ad = channel_importance(net.module_, sub, n_repeats=1000, adaptive=True, random_state=0,
-                                            progress=False)
-                    doc["adaptive_k"] = {"fold": 0, "max_k": 1000, "k_used": int(ad.info.get("n_repeats")),
+                    ad = channel_importance(net.module_, sub, n_repeats=args.adaptive_max, adaptive=True,
+                                            random_state=0, progress=False)
+                    doc["adaptive_k"] = {"fold": 0, "max_k": args.adaptive_max, "k_used": int(ad.info.get("n_repeats")),
                                          "rule": ad.info.get("adaptive"), "ranking": list(ad.ranked_channels),
                                          "importance": np.asarray(ad.importance, float).tolist(),
                                          "seconds": round(time.time() - t, 1)}
             elif stage == "roar":
-                import pandas as pd
-
-                allc, _ = cv(None)
-                rankings = {}
-                for key, name in (("pxpermute", "PXPermute"), ("cross_sample", "cross-sample"),
-                                  ("occlusion", "Occlusion"), ("integrated_gradients", "IntegratedGradients"),
-                                  ("deeplift", "DeepLift")):
-                    entry = doc["importance"].get(key)
-                    if entry:
-                        rankings[name] = entry.get("ranking") or entry["pooled"]["ranking"]
-                rows = []
-                roar_epochs = args.roar_epochs or args.epochs_small
-                for seed in args.seeds:
-                    rng = np.random.default_rng(seed)
-                    ranks = dict(rankings)
-                    ranks["Random"] = [ds.channel_names[i] for i in rng.permutation(ds.n_channels)]
-                    for n_removed in (0, 1, 2):
-                        for method, ranking in ranks.items():
-                            keep = ranking[: ds.n_channels - n_removed]
-                            chans = [c for c in ds.channel_names if c in keep]
-                            res, _ = cv(chans if n_removed else None, seed=seed, epochs=roar_epochs)
-                            for fold, f1 in enumerate(res.f1_macro):
-                                rows.append({"seed": seed, "method": method, "n_removed": n_removed,
-                                             "channels": ",".join(chans), "fold": fold, "f1_macro": float(f1)})
-                    # a seed's table is written as soon as it is complete
-                    df = pd.DataFrame(rows)
-                    summ = (df.groupby(["method", "n_removed"])["f1_macro"]
-                            .agg(["mean", "std", "count"]).reset_index())
-                    doc["remove_and_retrain"] = {
-                        "model": "small_cnn", "model_kwargs": small_kw, "max_epochs": roar_epochs,
-                        "seeds": sorted(set(df["seed"])), "rankings": rankings, "rows": rows,
-                        "summary": summ.to_dict(orient="records"),
-                        "interval_covers": "std over seeds x folds (training randomness and the CV split)",
-                    }
-                    _write(doc, out)
+                doc["remove_and_retrain"] = _roar(doc, ds, cv, args, left, lambda: _write(doc, out))
+                if not doc["remove_and_retrain"]["complete"]:
+                    mark(stage, "partial", time.time() - t0, doc["remove_and_retrain"]["note"])
+                    continue
             elif stage == "cv_resnet":
                 res, sec = cv(None, model="resnet18", epochs=args.epochs_resnet, kwargs={})
                 doc["performance"]["resnet18/all"] = _cv_entry(res, sec, "resnet18", args.epochs_resnet, {})
