@@ -147,12 +147,59 @@ def _load_imagenet_resnet18_state() -> dict[str, torch.Tensor]:
         ) from exc
 
 
+def _check_input_size(input_size: Any) -> tuple[int, int] | None:
+    if input_size is None:
+        return None
+    values = input_size if isinstance(input_size, (tuple, list)) else (input_size, input_size)
+    if len(values) != 2 or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 8 for v in values):
+        raise ValueError(f"input_size must be None, an int >= 8 or a pair of them (height, width); got {input_size!r}")
+    return int(values[0]), int(values[1])
+
+
+_RESIZED_RESNET: type | None = None
+
+
+def _resized_resnet_class() -> type:
+    """``ResizedResNet``: torchvision's ``ResNet`` that first resizes its input bilinearly to ``input_size``.
+
+    A subclass (made on first use, so that importing pxpermute does not import
+    torchvision) with the same submodules and ``state_dict`` as the stock
+    ResNet; only ``forward`` differs.
+    """
+    global _RESIZED_RESNET
+    if _RESIZED_RESNET is None:
+        from torchvision.models.resnet import ResNet
+
+        class ResizedResNet(ResNet):
+            input_size: tuple[int, int]
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                if tuple(x.shape[-2:]) != tuple(self.input_size):
+                    x = nn.functional.interpolate(x, size=self.input_size, mode="bilinear", align_corners=False)
+                return super().forward(x)
+
+            def extra_repr(self) -> str:
+                return f"input_size={self.input_size}"
+
+        ResizedResNet.__module__ = __name__
+        ResizedResNet.__qualname__ = "ResizedResNet"
+        _RESIZED_RESNET = ResizedResNet
+    return _RESIZED_RESNET
+
+
+def __getattr__(name: str) -> Any:  # pickling a ResizedResNet looks the class up here
+    if name == "ResizedResNet":
+        return _resized_resnet_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def resnet18(
     n_channels: int,
     n_classes: int,
     *,
     pretrained: bool = False,
     captum_compatible: bool = False,
+    input_size: int | tuple[int, int] | None = None,
 ) -> nn.Module:
     """torchvision ResNet18 for ``n_channels``-channel images and ``n_classes`` classes.
 
@@ -176,11 +223,26 @@ def resnet18(
         Return the functionally identical network of :func:`to_captum_compatible`
         (non-inplace ReLUs, one ReLU module per use), which captum's DeepLift needs.
         Its ``state_dict`` is interchangeable with the stock one.
+    input_size : int, (int, int) or None, default None
+        Resize every input bilinearly to ``input_size x input_size`` (or
+        ``(height, width)``) inside the network, before the first convolution;
+        ``None`` feeds the images at their native size.  ResNet18's stem
+        (stride-2 convolution + max pooling) shrinks the image 4x and the next
+        stages 8x more, so small IFC tiles leave almost no spatial map: 40 px
+        cell-cycle images are 3x3 at ``layer3`` and 2x2 at ``layer4`` (4x4 and
+        2x2 from 64 px).  The published cell-cycle recipes (Eulenberg et al.
+        2017, Shetab Boushehri et al. 2024) resize to 64 px; use
+        ``input_size=64`` to follow them (benchmarks/resnet_cellcycle.py
+        compares both on the real data).  Because the resize is part of the network, the network still takes the *native* images:
+        PXPermute, occlusion and the attribution methods work on native pixels
+        and channels, and the ``state_dict`` is the stock one (no extra keys).
 
     Returns
     -------
     torch.nn.Module
-        Maps ``(B, C, H, W)`` float tensors to ``(B, K)`` logits.
+        Maps ``(B, C, H, W)`` float tensors to ``(B, K)`` logits.  A torchvision
+        ``ResNet`` (a subclass of it when ``input_size`` is set, with the
+        target size in its ``input_size`` attribute).
 
     Examples
     --------
@@ -188,11 +250,18 @@ def resnet18(
     >>> m = resnet18(6, 3).eval()
     >>> m(torch.zeros(2, 6, 32, 32)).shape
     torch.Size([2, 3])
+    >>> m64 = resnet18(3, 7, input_size=64).eval()  # 40 px images, seen by the network at 64 px
+    >>> m64(torch.zeros(2, 3, 40, 40)).shape
+    torch.Size([2, 7])
     """
     n_channels, n_classes = _check_sizes(n_channels, n_classes)
+    size = _check_input_size(input_size)
     from torchvision.models import resnet18 as tv_resnet18
 
     model = tv_resnet18(weights=None)
+    if size is not None:
+        model.__class__ = _resized_resnet_class()
+        model.input_size = size
     if pretrained:
         state = _load_imagenet_resnet18_state()
         model.load_state_dict(state)

@@ -57,6 +57,47 @@ def test_build_model_names_and_errors():
         SmallCNN(2.0, 3)
 
 
+def test_resnet18_input_size_resizes_inside_the_network():
+    """input_size: the network takes native images and sees them bilinearly resized (issue 22)."""
+    import pickle
+
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    m = resnet18(3, 7, input_size=64).eval()
+    stock = resnet18(3, 7).eval()
+    assert set(m.state_dict()) == set(stock.state_dict())  # no extra keys: checkpoints interchange
+    stock.load_state_dict(m.state_dict())
+    x = torch.randn(2, 3, 40, 40)
+    up = F.interpolate(x, size=(64, 64), mode="bilinear", align_corners=False)
+    with torch.no_grad():
+        out = m(x)
+        torch.testing.assert_close(out, stock(up))  # = the stock network on the 64 px images
+        assert not torch.allclose(out, stock(x), atol=1e-4)  # ... and not on the native ones
+        # the spatial map that reaches layer4: 2x2 from 64 px, 2x2 -> 1x1 from 40 -> native
+        seen = {}
+        hooks = [m.layer3.register_forward_hook(lambda mod, i, o: seen.__setitem__("m", o.shape[-2:])),
+                 stock.layer3.register_forward_hook(lambda mod, i, o: seen.__setitem__("s", o.shape[-2:]))]
+        m(x), stock(x)
+        for h in hooks:
+            h.remove()
+    assert tuple(seen["m"]) == (4, 4) and tuple(seen["s"]) == (3, 3)
+    # a non-square target and images already at the target size
+    r = resnet18(2, 2, input_size=(48, 32)).eval()
+    assert r.input_size == (48, 32)
+    with torch.no_grad():
+        assert r(torch.randn(1, 2, 20, 20)).shape == (1, 2)
+    # pickles (skorch clones and saved nets) and converts for captum with the resize kept
+    with torch.no_grad():
+        torch.testing.assert_close(pickle.loads(pickle.dumps(m))(x), out)
+        torch.testing.assert_close(to_captum_compatible(m)(x), out)
+    assert build_model("resnet18", 3, 7, input_size=64).input_size == (64, 64)
+    assert not hasattr(stock, "input_size")
+    for bad in (0, 4, 64.0, True, (64,), (64, 64, 64), "64"):
+        with pytest.raises(ValueError, match="input_size"):
+            resnet18(3, 2, input_size=bad)
+
+
 def test_last_conv_layer():
     m = SmallCNN(2, 2, width=4)
     assert last_conv_layer(m) is m.features[-1][0]
