@@ -379,6 +379,7 @@ def test_wbc_single_hdf5_file(tmp_path):
 
 def test_wbc_string_labels_and_wrong_channel_count(tmp_path):
     x = np.zeros((3, 12, 64, 64), np.float32)
+    x[:, 0, 0, 0] = [1.0, 2.0, 3.0]  # three distinct cells (exact duplicates would be dropped on loading)
     p = write_hdf5_dataset(tmp_path / "w.h5", x, ["NKT", "CD4+ T", "eosinophil"])
     assert [WBC_CLASSES[i] for i in load_wbc(p).labels] == ["NKT", "CD4+ T", "eosinophil"]
     p = write_hdf5_dataset(tmp_path / "w11.h5", np.zeros((3, 11, 64, 64), np.float32), [0, 1, 2])
