@@ -77,8 +77,14 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_OUT = HERE / "results" / "cellcycle_reference.json"
+# the reference results ship with the package (pxpermute.datasets.cellcycle.reference_results reads them)
+DEFAULT_OUT = HERE.parent / "pxpermute" / "data" / "cellcycle_reference.json"
 SCHEMA = "pxpermute-cellcycle-reference/1"
+
+
+def _module(net):
+    """The torch module of a fold model (a skorch net when trained here, a plain module when pretrained)."""
+    return getattr(net, "module_", net)
 
 
 def _now() -> str:
@@ -105,7 +111,8 @@ def _cv_entry(cv, seconds: float, model: str, epochs: int, kwargs: dict) -> dict
         "accuracy_mean": cv.accuracy_mean,
         "accuracy_std": cv.accuracy_std,
         "f1_per_class": {c: cv.f1_per_class[:, i].tolist() for i, c in enumerate(cv.class_names)},
-        "epochs_trained": [len(m.history) if m is not None else None for m in cv.models],
+        "epochs_trained": (list(cv.params["epochs"]) if cv.params.get("epochs") else
+                           [len(m.history) if getattr(m, "history", None) is not None else None for m in cv.models]),
         "seconds": round(seconds, 1),
     }
 
@@ -146,7 +153,12 @@ def _pooled_entry(results, label: str) -> dict:
         entry["fold_ci_low"] = (m - half).tolist()
         entry["fold_ci_high"] = (m + half).tolist()
         entry["fold_ci_covers"] = "t-interval over the 5 fold means (models and test cells of the folds)"
-    entry["ci_covers"] = "t-interval over all repeats of all folds (the permutations only)"
+    entry["ci_covers"] = ("ci_low/high: ImportanceResult.concat's interval over the fold importances (folds - 1 "
+                          "degrees of freedom; retraining and test cells, approximately)")
+    if getattr(pooled, "perm_ci_low", None) is not None:
+        entry["perm_ci_low"] = np.asarray(pooled.perm_ci_low, float).tolist()
+        entry["perm_ci_high"] = np.asarray(pooled.perm_ci_high, float).tolist()
+        entry["perm_ci_covers"] = "the permutations only (the folds' permutation standard errors combined)"
     entry["method"] = label
     return entry
 
@@ -390,8 +402,13 @@ def main(argv=None) -> int:
     p.add_argument("--resume", action="store_true", help="keep stages already in --out")
     p.add_argument("--subset", type=int, default=None, help="smoke test: a stratified subset of this many cells")
     p.add_argument("--n-splits", type=int, default=5)
+    p.add_argument("--pretrained", action="store_true",
+                   help="take the all-channel and stain-free SmallCNN folds from the package's pretrained tutorial "
+                        "models (pxpermute.pretrained.load_cv) when their recipe equals --width/--epochs-small/seed 42")
     p.add_argument("--cache", default=None, help="folder for pickled CV results (models), reused by --resume")
     args = p.parse_args(argv)
+    if args.pretrained and args.subset:
+        p.error("--pretrained needs the full data set (the stored folds are checked against it); drop --subset")
 
     import torch
 
@@ -481,6 +498,18 @@ def main(argv=None) -> int:
             if fname.exists():
                 cache[key] = pickle.loads(fname.read_bytes())
                 return cache[key]
+        group = {None: "cellcycle_all", ("BF", "DF"): "cellcycle_stainfree"}.get(tuple(channels) if channels else None)
+        if args.pretrained and model == "small_cnn" and seed == 42 and group is not None:
+            from pxpermute.pretrained import groups, load_cv
+
+            spec = groups()[group]
+            if (spec["train"]["max_epochs"] == epochs and spec["train"]["model_kwargs"] == (kwargs or small_kw)
+                    and spec["n_splits"] == args.n_splits and spec["random_state"] == seed):
+                res = load_cv(group, ds, device="cpu")
+                cache[key] = (res, float(spec.get("train_seconds") or 0.0))
+                print(f"[{_now()}] {group}: pretrained folds loaded (recipe matches; trained in "
+                      f"{cache[key][1]:.0f} s by scripts/train_tutorial_models.py)", flush=True)
+                return cache[key]
         t = time.time()
         res = cross_validate(ds, n_splits=args.n_splits, channels=channels, model=model,
                              model_kwargs=kwargs if kwargs is not None else small_kw,
@@ -518,7 +547,7 @@ def main(argv=None) -> int:
                     for pert in ("pixel", "sample"):
                         runs = []
                         for f, (net, te) in enumerate(zip(allc.models, allc.test_indices)):
-                            r = channel_importance(net.module_, ds.subset(te), n_repeats=args.k, perturbation=pert,
+                            r = channel_importance(_module(net), ds.subset(te), n_repeats=args.k, perturbation=pert,
                                                    random_state=f, progress=False)
                             runs.append(r)
                         cache[("imp", pert)] = runs
@@ -535,12 +564,12 @@ def main(argv=None) -> int:
                     occ, ig, dl = [], [], []
                     for f, (net, te) in enumerate(zip(allc.models, allc.test_indices)):
                         sub = ds.subset(te)
-                        occ.append(occlusion_importance(net.module_, sub, progress=False))
+                        occ.append(occlusion_importance(_module(net), sub, progress=False))
                         rng = np.random.default_rng(f)
                         few = ds.subset(np.sort(rng.choice(te, size=min(args.ig_cells, te.size), replace=False)))
-                        ig.append(attribution_importance(net.module_, few, method="integrated_gradients",
+                        ig.append(attribution_importance(_module(net), few, method="integrated_gradients",
                                                          progress=False, random_state=f))
-                        dl.append(attribution_importance(net.module_, few, method="deeplift", progress=False,
+                        dl.append(attribution_importance(_module(net), few, method="deeplift", progress=False,
                                                          random_state=f))
                     for name, runs in (("occlusion", occ), ("integrated_gradients", ig), ("deeplift", dl)):
                         doc["importance"][name] = {"per_fold": [_imp_entry(r) for r in runs],
@@ -556,7 +585,7 @@ def main(argv=None) -> int:
                     pix = cache.get(("imp", "pixel"))
                     net, te = allc.models[0], allc.test_indices[0]
                     sub = ds.subset(te)
-                    base = pix[0] if pix else channel_importance(net.module_, sub, n_repeats=args.k, random_state=0,
+                    base = pix[0] if pix else channel_importance(_module(net), sub, n_repeats=args.k, random_state=0,
                                                                  progress=False)
                     ks = [k for k in (5, 10, 20, 30, 40, 50, 100, 200, 500, 1000) if k <= base.importances.shape[0]]
                     ks = ks or [int(base.importances.shape[0])]
@@ -571,7 +600,7 @@ def main(argv=None) -> int:
                     doc["k_ablation"] = {"fold": 0, "perturbation": "pixel", "channels": ds.channel_names,
                                          "rows": rows, "first_stable_k": getattr(abl, "first_stable_k", None)}
                     t = time.time()
-                    ad = channel_importance(net.module_, sub, n_repeats=args.adaptive_max, adaptive=True,
+                    ad = channel_importance(_module(net), sub, n_repeats=args.adaptive_max, adaptive=True,
                                             random_state=0, progress=False)
                     doc["adaptive_k"] = {"fold": 0, "max_k": args.adaptive_max, "k_used": int(ad.info.get("n_repeats")),
                                          "rule": ad.info.get("adaptive"), "ranking": list(ad.ranked_channels),

@@ -296,3 +296,21 @@ def test_end_to_end_on_the_embedded_sample():
     top = int(res.ranking[0])
     assert res.ci_low[top] > 0
     assert res.ci_low[res.channel_names.index("DNA")] > 0
+
+
+def test_reference_results_ship_and_agree_with_themselves():
+    # the reference numbers the cell-cycle lesson shows come from the package data, and every summary in
+    # the file is what its per-fold values give (a hand-edited or truncated file fails here)
+    from pxpermute.datasets.cellcycle import reference_results
+
+    ref = reference_results()
+    perf = ref["performance"]
+    for key in ("small_cnn/all", "small_cnn/stain_free"):
+        f1 = np.asarray(perf[key]["f1_macro"])
+        assert f1.shape == (ref["cv"]["n_splits"],)
+        assert perf[key]["f1_macro_mean"] == pytest.approx(f1.mean())
+        per_class = np.array([perf[key]["f1_per_class"][c] for c in ref["dataset"]["class_counts"]])
+        np.testing.assert_allclose(per_class.mean(0), f1, atol=1e-9)  # macro = mean over the 7 phases
+    diff = np.asarray(perf["small_cnn/all"]["f1_macro"]) - np.asarray(perf["small_cnn/stain_free"]["f1_macro"])
+    assert ref["stain_free_test"]["mean_diff"] == pytest.approx(diff.mean())
+    assert sum(ref["dataset"]["class_counts"].values()) == ref["dataset"]["n_cells"]

@@ -386,3 +386,29 @@ def load_cellcycle_sample(
         provenance=provenance,
         name="cellcycle_sample",
     )
+
+
+def reference_results() -> dict:
+    """The reference results on the full cell-cycle data, as ``benchmarks/realdata_cellcycle.py`` stored them.
+
+    A dict (schema ``pxpermute-cellcycle-reference/1``) read from the package data: the recipe, the
+    cross-validated scores per fold and class (``performance``, e.g. ``"small_cnn/all"`` and
+    ``"small_cnn/stain_free"``), the paired test of all channels vs stain-free (``stain_free_test``),
+    remove-and-retrain runs (``remove_and_retrain``) and ``stages`` saying which stages ran and which
+    did not (with the reason).  Nothing here is recomputed; the tutorials show these numbers next to
+    what they compute themselves.
+
+    Examples
+    --------
+    >>> ref = reference_results()
+    >>> ref["schema"], len(ref["performance"]["small_cnn/all"]["f1_macro"])
+    ('pxpermute-cellcycle-reference/1', 5)
+    """
+    import json
+
+    text = resources.files("pxpermute").joinpath("data", "cellcycle_reference.json").read_text()
+    doc = json.loads(text)
+    if doc.get("schema") != "pxpermute-cellcycle-reference/1":
+        raise ValueError(f"cellcycle_reference.json has schema {doc.get('schema')!r}, "
+                         "expected 'pxpermute-cellcycle-reference/1'")
+    return doc
