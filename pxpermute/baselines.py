@@ -54,6 +54,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._progress import progress_bar
 from .importance import as_source, channel_importance
 from .models import PercentileNormalization, last_conv_layer, to_captum_compatible
 from .result import ImportanceResult
@@ -497,12 +498,10 @@ def attribution_importance(
     else:
         explainer = LRP(net)
 
-    from tqdm.auto import tqdm
-
     scores = np.zeros((len(indices), C), np.float64)
     deltas: list[np.ndarray] = []
-    bar = tqdm(total=int(np.ceil(len(indices) / batch_size)), disable=not progress,
-               desc=METHOD_NAMES[key], unit="batch")
+    bar = progress_bar(total=int(np.ceil(len(indices) / batch_size)), progress=progress,
+                       desc=METHOD_NAMES[key], unit="batch")
     pos = 0
     with warnings.catch_warnings():
         for msg in _CAPTUM_NOTES:  # captum's notes about its own (temporary) hooks
@@ -554,9 +553,11 @@ def attribution_importance(
                     e = expected.detach().abs().cpu().numpy().astype(np.float64).reshape(-1)
                     deltas.append(d / np.maximum(e, 1e-6))
                 pos += len(idx)
-                bar.update(1)
+                if bar is not None:
+                    bar.update(1)
         finally:
-            bar.close()
+            if bar is not None:
+                bar.close()
             if key == "lrp":
                 for mod in net.modules():  # leave no rule behind on our copy
                     if hasattr(mod, "rule"):

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._progress import progress_bar
 from .adaptive import AdaptiveK, ranking_settled
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .distributed import all_reduce_sum, broadcast_object, check_ranks_agree, distributed_context, shard_indices
@@ -173,8 +174,6 @@ def run_repeats(
     resumed = done
     n_forward = 0
 
-    from tqdm.auto import tqdm
-
     prev = 0
     total = 0
     for p in points:
@@ -182,7 +181,7 @@ def run_repeats(
             total += plan.n_passes(len(local), p - max(prev, done), with_baseline=False)
         prev = p
     total += 0 if base_np is not None else math.ceil(len(local) / plan.block_size(max(len(local), 1)))
-    bar = tqdm(total=total, disable=not progress, desc=desc, unit="pass")
+    bar = progress_bar(total=total, progress=progress, desc=desc, unit="pass")
     history: list[Any] = []  # RankingDecision of every adaptive evaluation
     info_adaptive = None
     stopped = "cap"
@@ -218,7 +217,8 @@ def run_repeats(
                     stopped = why
                     break
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
     if digest is not None and stream is None and stored_stream is not None:
         # resumed from a finished checkpoint: nothing was evaluated, so read the data once to check them
         for idx, x, y in plan.src.blocks(local, plan.block_size(max(len(local), 1))):

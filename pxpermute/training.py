@@ -49,6 +49,7 @@ from torch.utils.data import (
     WeightedRandomSampler,
 )
 
+from ._progress import progress_bar
 from ._protocol import SavableResult, ragged_from_bundle, ragged_to_bundle
 from .datasets.base import IFCDataset, as_dataset, resolve_channels
 from .models import MODEL_NAMES, PercentileNormalization, build_model, fit_percentile_normalization
@@ -970,11 +971,7 @@ def run_trainings(
         return []
     if n_jobs is not None and (isinstance(n_jobs, bool) or not isinstance(n_jobs, (int, np.integer)) or n_jobs == 0):
         raise ValueError(f"n_jobs must be a non-zero int (-1: all cores) or None, got {n_jobs!r}")
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(tasks), desc=desc, unit="training")
+    bar = progress_bar(total=len(tasks), progress=progress, desc=desc, unit="training")
     try:
         workers = joblib.effective_n_jobs(n_jobs)
         if workers == 1 or len(tasks) == 1:

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .._progress import progress_bar as _progress_bar
 from .._validation import check_int
 from ..datasets.base import IFCDataset, resolve_channels
 from ..datasets.base import as_dataset as _as_dataset
@@ -77,11 +78,7 @@ def plain_params(train_kwargs: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def progress_bar(iterable: Any, progress: bool, desc: str, total: int | None = None) -> Any:
-    if not progress:
-        return iterable
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, desc=desc, total=total)
+    return _progress_bar(iterable, progress=progress, desc=desc, total=total)
 
 
 def cv_test_train_ratio(cv: Any) -> float:
