@@ -19,14 +19,32 @@ import seaborn as sns  # noqa: E402
 __all__ = ["plot_importance", "plot_per_class", "plot_montage"]
 
 
-def _norm_ci(res, normalized: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _norm_ci(res, normalized: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+    """Values and interval to draw, and whether they are min-max scaled.
+
+    Scaled only when ``normalized`` is asked for *and* ``res.normalized()`` scales
+    (the top channel's interval lies above 0); otherwise the raw importances, so
+    that noise is never stretched to look like a top channel at 1.0.
+    """
     val, lo, hi = res.importance, res.ci_low, res.ci_high  # the interval named by res.ci_label
-    if not normalized:
-        return val, lo, hi
+    if not normalized or not _normalizable(res):
+        return val, lo, hi, False
     vmin, vmax = np.nanmin(val), np.nanmax(val)
     span = vmax - vmin if vmax > vmin else 1.0
-    return (val - vmin) / span, (lo - vmin) / span, (hi - vmin) / span
+    return (val - vmin) / span, (lo - vmin) / span, (hi - vmin) / span, True
 
+
+def _normalizable(res) -> bool:
+    """Whether ``res.normalized()`` gives numbers (not NaN: the top channel's interval lies above 0)."""
+    norm = getattr(res, "normalized", None)
+    if norm is None:
+        return True
+    return bool(np.isfinite(np.asarray(norm(), float)).any())
+
+
+def _not_normalized_reason(res) -> str:
+    reason = str(getattr(res.normalized(), "attrs", {}).get("reason", "")) if hasattr(res, "normalized") else ""
+    return reason or "the top channel's interval reaches 0"
 
 
 # ---------------------------------------------------------------------------
@@ -163,7 +181,11 @@ def plot_importance(results, ax=None, *, normalized: bool = True, sort: bool = T
         Several results (e.g. methods) are drawn as grouped bars; they must score
         the same channels.
     normalized : bool
-        Min-max normalize each result to [0, 1] (CIs scaled the same way).
+        Min-max normalize each result to [0, 1] (CIs scaled the same way) --
+        only where :meth:`~pxpermute.ImportanceResult.normalized` scales, i.e.
+        the top channel's interval lies above 0.  A result whose
+        ``normalized()`` is NaN is drawn raw (the drop in the metric), and the
+        axis label and title say so: min-max scaling would show noise as 1.0.
     sort : bool
         Order channels by the first result's ranking.
     labels : list of str, optional
@@ -193,8 +215,12 @@ def plot_importance(results, ax=None, *, normalized: bool = True, sort: bool = T
     width = 0.8 / n
     colors = sns.color_palette("colorblind", n)
     x = np.arange(len(order))
+    raw = []  # results asked to be normalized but drawn raw (normalized() is NaN)
     for j, (res, lab) in enumerate(zip(results, labels)):
-        val, lo, hi = _norm_ci(res, normalized)
+        val, lo, hi, scaled = _norm_ci(res, normalized)
+        if normalized and not scaled:
+            raw.append(j)
+            lab = f"{lab} (raw, not normalized)" if n > 1 else lab
         val, lo, hi = val[order], lo[order], hi[order]
         err = np.vstack([val - lo, hi - val])
         err = np.where(np.isfinite(err), err, 0)
@@ -202,7 +228,15 @@ def plot_importance(results, ax=None, *, normalized: bool = True, sort: bool = T
                edgecolor="black", linewidth=0.4)
     ax.set_xticks(x)
     ax.set_xticklabels([names[i] for i in order], rotation=45 if len(names) > 5 else 0, ha="right" if len(names) > 5 else "center")
-    ax.set_ylabel("normalized importance" if normalized else f"drop in {results[0].info.get('metric', 'metric')}")
+    drop = f"drop in {results[0].info.get('metric', 'metric')}"
+    if not normalized:
+        ax.set_ylabel(drop)
+    elif len(raw) == n:
+        ax.set_ylabel(f"raw {drop}\n(not normalized)")
+    elif raw:
+        ax.set_ylabel(f"normalized importance\n(raw {drop}: {', '.join(labels[j] for j in raw)})")
+    else:
+        ax.set_ylabel("normalized importance")
     ax.axhline(0, color="black", linewidth=0.6)
     if ground_truth is not None:
         ax2 = ax.twinx()
@@ -220,6 +254,9 @@ def plot_importance(results, ax=None, *, normalized: bool = True, sort: bool = T
     label = getattr(results[0], "ci_label", None)
     note = (f"\nerror bars: {100 * float(results[0].info.get('confidence', 0.95)):g}% CI, {label}; "
             "no interval covers retraining") if label else ""
+    if raw:
+        who = "" if n == 1 else " for " + ", ".join(labels[j] for j in raw)
+        note += f"\nshown raw, not min-max normalized{who}: {_not_normalized_reason(results[raw[0]])}"
     ax.set_title((title or results[0].title()) + note, fontsize="small", wrap=True)
     sns.despine(ax=ax, right=ground_truth is None)
     _legible(fig)
@@ -502,7 +539,9 @@ def plot_method_comparison(results, ax=None, *, ground_truth=None, sort: bool = 
     sort : bool, default True
         Order channels by the first method's ranking.
     normalized : bool, default True
-        Min-max normalize each method to [0, 1] (as in the paper).
+        Min-max normalize each method to [0, 1] (as in the paper), except a
+        method whose ``normalized()`` is NaN (top channel's interval not above
+        0): drawn raw, marked "(raw, not normalized)" in the legend and the title.
     title : str, optional
         Default names data, model, PXPermute's k and seed.
 
@@ -678,14 +717,39 @@ __all__ += ["plot_panel_comparison", "plot_panel_search", "plot_k_ablation", "pl
 import matplotlib.ticker  # noqa: E402
 
 
+def _panel_verdict(row) -> str:
+    """Short verdict of one row of ``PanelComparison.tests`` (the decision of the fixed sequence)."""
+    d = str(row.get("fixed_sequence", ""))
+    text = d or "?"  # "non-inferior", "inconclusive" or "not tested"
+    if d == "inconclusive" and row.get("ni_outcome") == "worse":
+        text = "loses > margin"
+    if bool(row.get("significant", False)):
+        text += "\nsignificantly below *"
+    return text
+
+
 def plot_panel_comparison(comparison, ax=None, *, metric: str = "f1_macro", title: str | None = None):
-    """Per-fold scores and mean with 95 % CI per panel (Fig. 5 style).
+    """Per-fold scores and mean with 95 % CI per panel (Fig. 5 style), with the decision the package made.
+
+    With ``metric="f1_macro"`` the figure shows the non-inferiority decision of
+    :func:`pxpermute.panel.compare_panels`: a solid line at the all-channels
+    mean, a dashed line ``margin`` below it (the non-inferiority margin), for
+    each tested panel its paired one-sided bound (``all-channels mean -
+    ni_upper``: the panel is non-inferior when this bound lies above the dashed
+    line) and its verdict -- ``"non-inferior"``, ``"inconclusive"``,
+    ``"loses > margin"`` (the lower bound of the loss lies above the margin) or
+    ``"not tested"`` (the fixed sequence stopped at a larger panel), numbered in
+    the order of the fixed sequence, plus ``"significantly below *"`` where the
+    Holm-adjusted superiority test says the panel is below all channels.  The
+    drawn error bars are t-intervals over folds of each panel on its own; the
+    decision uses the paired, Nadeau-Bengio corrected bound.
 
     Parameters
     ----------
     comparison : PanelComparison
         From :func:`pxpermute.panel.compare_panels`.
     metric : {"f1_macro", "accuracy"}
+        The decision is made on F1-macro; with ``"accuracy"`` only the scores are drawn.
     title : str, optional
         Default: data, folds, model, seed and ranking of the comparison.
 
@@ -697,13 +761,14 @@ def plot_panel_comparison(comparison, ax=None, *, metric: str = "f1_macro", titl
         raise ValueError(f"metric must be 'f1_macro' or 'accuracy', got {metric!r}")
     summ = comparison.summary_frame()
     if ax is None:
-        fig, ax = plt.subplots(figsize=(1.6 + 1.2 * len(summ), 3.6))
+        fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(summ), 4.0))
     else:
         fig = ax.figure
     x = np.arange(len(summ))
     colors = sns.color_palette("colorblind", 3)
     kind_color = {"stain-free": colors[0], "top-k": colors[1], "all": colors[2]}
     scores = comparison.scores
+    tops = []
     for i, row in enumerate(summ.itertuples()):
         vals = scores.loc[scores.panel == row.panel, metric].to_numpy(float)
         jitter = np.linspace(-0.12, 0.12, len(vals)) if len(vals) > 1 else np.zeros(1)
@@ -712,18 +777,44 @@ def plot_panel_comparison(comparison, ax=None, *, metric: str = "f1_macro", titl
         err = np.array([[mean - lo], [hi - mean]]) if np.isfinite(lo) else None
         ax.errorbar(x[i], mean, yerr=err, fmt="D", color=kind_color.get(row.kind, "black"), capsize=4,
                     markersize=7, zorder=3)
-    tests = comparison.tests.set_index("panel") if len(comparison.tests) else None
-    if tests is not None and metric == "f1_macro":
-        top = scores[metric].max()
-        for i, row in enumerate(summ.itertuples()):
-            if row.panel in tests.index and tests.loc[row.panel, "significant"]:
-                ax.text(x[i], top + 0.02, "*", ha="center", fontsize=14)
+        tops.append(np.nanmax(np.r_[vals, mean, hi if np.isfinite(hi) else mean]))
+    tests = comparison.tests
+    info = comparison.info
+    decided = (metric == "f1_macro" and len(tests) > 0 and "fixed_sequence" in tests.columns
+               and info.get("margin") is not None and (summ.kind == "all").any())
+    t = title or comparison.title()
+    if decided:
+        margin, alpha = float(info["margin"]), float(info.get("alpha", 0.05))
+        ref = float(summ.loc[summ.kind == "all", f"{metric}_mean"].iloc[0])
+        ax.axhline(ref, color="black", linewidth=0.8, zorder=1, label="all channels (mean)")
+        ax.axhline(ref - margin, color="black", linewidth=1.0, linestyle="--", zorder=1,
+                   label=f"non-inferiority margin ({margin:g} below all channels)")
+        pos = {p: i for i, p in enumerate(summ.panel)}
+        bound_label = f"paired one-sided {100 * (1 - alpha):g} % bound (decides)"
+        for step, row in enumerate(tests.to_dict("records"), start=1):
+            i = pos.get(row["panel"])
+            if i is None:
+                continue
+            upper = float(row.get("ni_upper", np.nan))
+            if np.isfinite(upper):
+                ax.plot([x[i] + 0.2], [ref - upper], marker="^", color="black", markersize=6, linestyle="none",
+                        zorder=4, label=bound_label)
+                bound_label = "_nolegend_"
+            ax.annotate(f"{step}. {_panel_verdict(row)}", (x[i], tops[i]), textcoords="offset points",
+                        xytext=(0, 8), ha="center", va="bottom", fontsize="x-small",
+                        bbox=dict(boxstyle="round,pad=0.15", facecolor="white", edgecolor="none", alpha=0.85))
+        lo_y, hi_y = ax.get_ylim()
+        ax.set_ylim(lo_y, hi_y + 0.25 * (hi_y - lo_y))  # room for the verdicts above the points
+        ax.legend(fontsize="x-small", frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
+        test = info.get("test", "corrected_ttest")
+        t += (f"\nnon-inferiority at margin {margin:g}, tested in a fixed sequence (1, 2, ...: largest panel first, "
+              f"stop at the first not shown non-inferior; α={alpha:g} familywise); "
+              f"* significantly below all channels (Holm-adjusted {test})")
+    elif metric == "accuracy" and len(tests):
+        t += "\n(decisions are made on F1-macro: plot metric='f1_macro' to see them)"
     ax.set_xticks(x)
     ax.set_xticklabels([f"{p}\n({n} ch)" for p, n in zip(summ.panel, summ.n_channels)], fontsize="small")
     ax.set_ylabel(metric.replace("_", "-") + " (CV folds, mean ± 95 % CI)")
-    t = title or comparison.title()
-    if tests is not None and metric == "f1_macro":
-        t += f"\n* significantly below all channels ({comparison.info['test']}, α={comparison.info['alpha']})"
     ax.set_title(t, fontsize="small", wrap=True)
     sns.despine(ax=ax)
     _legible(fig)
@@ -731,7 +822,12 @@ def plot_panel_comparison(comparison, ax=None, *, metric: str = "f1_macro", titl
 
 
 def plot_panel_search(minimal, ax=None, *, title: str | None = None):
-    """Cross-validated F1-macro along the minimal-panel search paths, with the tolerance band.
+    """Cross-validated F1-macro along the minimal-panel search paths, with the non-inferiority margin.
+
+    The shaded band reaches from the all-channels mean down by the margin (the
+    dashed line); the decision of :func:`pxpermute.panel.minimal_panel` is the
+    paired non-inferiority test in the ``non_inferior`` column of each path, not
+    whether a point lies inside the band.
 
     Parameters
     ----------
@@ -765,7 +861,10 @@ def plot_panel_search(minimal, ax=None, *, title: str | None = None):
             others = path[~path["chosen"]]
             ax.plot(others.n_stains + 0.06, others.f1_mean, "x", color=color, alpha=0.5, markersize=4)
     ax.axhline(minimal.reference_score, color="black", linewidth=0.8, label="all channels")
-    ax.axhspan(minimal.threshold, minimal.reference_score, color="0.85", zorder=0, label=f"tolerance {minimal.tolerance:g}")
+    margin = float(getattr(minimal, "margin", minimal.tolerance))
+    ax.axhspan(minimal.threshold, minimal.reference_score, color="0.85", zorder=0)
+    ax.axhline(minimal.threshold, color="black", linewidth=1.0, linestyle="--",
+               label=f"non-inferiority margin {margin:g}")
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("number of stains (+ stain-free channels)")
     ax.set_ylabel("F1-macro (CV mean ± 95 % CI)")
