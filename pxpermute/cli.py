@@ -366,6 +366,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # pxpermute run
 # ---------------------------------------------------------------------------------------------
 _PERTURBATIONS = ("pixel", "sample", "fill")
+
+
+def _adaptive_defaults() -> dict[str, Any]:
+    """The defaults of :class:`~pxpermute.adaptive.AdaptiveK` (one source for the help text and the checks)."""
+    from dataclasses import fields
+
+    from .adaptive import AdaptiveK
+
+    out: dict[str, Any] = {f.name: f.default for f in fields(AdaptiveK)}
+    out["looks"] = AdaptiveK().checkpoints(100)
+    return out
+
+
+_ADAPTIVE_DEFAULTS = _adaptive_defaults()
 _METRICS = ("f1", "precision", "recall", "accuracy", "balanced_accuracy", "f1_macro")
 
 
@@ -421,14 +435,28 @@ def _add_run(sub, common) -> None:
     g.add_argument("--confidence", type=_float_in(0, 1, lo_open=True, hi_open=True), default=0.95,
                    help="level of the confidence intervals (default 0.95)")
     g.add_argument("--seed", type=int, default=0, help="random_state: same seed, same result (default 0)")
-    g = p.add_argument_group("adaptive k (stop once the ranking is settled)")
+    ad = _ADAPTIVE_DEFAULTS
+    g = p.add_argument_group(
+        "adaptive k (stop once the ranking is settled)",
+        "group-sequential rule: the looks (repeat counts at which the rule is checked) are fixed before the run "
+        f"-- the first after {ad['min_repeats']} repeats, each later one x{ad['growth']:g} the previous (at least "
+        f"{ad['chunk']} more), the last at --k (defaults, --k 100: {','.join(map(str, ad['looks']))}). At each look every pair of "
+        "channels gets a t-interval for its mean difference, each with error rate (1 - --confidence) / (pairs x looks) "
+        "(Bonferroni over pairs and looks), so stopping at whichever look the data suggest keeps the guarantee; the "
+        "run stops when every pair adjacent in the ranking is resolved (interval excludes 0) or tied (interval "
+        "within +/- --adaptive-tol). Covers the permutations only, not the test cells or retraining.")
     g.add_argument("--adaptive", action="store_true",
-                   help="add repeats in chunks until the ranking is settled (cap --k)")
+                   help="add repeats until the ranking is settled, checking at the planned looks (cap --k)")
     g.add_argument("--adaptive-min-repeats", type=_int_at_least(3), metavar="N",
-                   help="repeats before the first check (5)")
-    g.add_argument("--adaptive-chunk", type=_int_at_least(1), metavar="N", help="repeats between checks (5)")
+                   help=f"repeats before the first look (>= 3; default {ad['min_repeats']})")
+    g.add_argument("--adaptive-chunk", type=_int_at_least(1), metavar="N",
+                   help=f"fewest repeats added between looks (default {ad['chunk']})")
+    g.add_argument("--adaptive-growth", type=_float_in(1, 10), metavar="F",
+                   help=f"each look is this factor times the previous one (1: every --adaptive-chunk repeats; "
+                        f"default {ad['growth']:g}); fewer looks cost less confidence each")
     g.add_argument("--adaptive-tol", type=_float_in(0, 1, hi_open=True), metavar="F",
-                   help="tie tolerance in importance units, e.g. F1 (0.005)")
+                   help=f"tie tolerance in importance units, e.g. F1: a pair whose interval lies within +/- F is "
+                        f"tied (default {ad['tol']:g})")
     g = p.add_argument_group("execution")
     g.add_argument("--device", default=None,
                    help="cpu, cuda, cuda:N or mps (each torchrun process takes cuda:LOCAL_RANK)")
@@ -534,14 +562,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.checkpoint and len(perts) > 1:
         raise CLIError("--checkpoint works with one perturbation per run; run each perturbation separately",
                        EXIT_USAGE)
-    adaptive_opts = {k: getattr(args, f"adaptive_{k}") for k in ("min_repeats", "chunk", "tol")}
+    adaptive_opts = {k: getattr(args, f"adaptive_{k}") for k in ("min_repeats", "chunk", "growth", "tol")}
     adaptive_opts = {k: v for k, v in adaptive_opts.items() if v is not None}
     adaptive: Any = False
     if args.adaptive or adaptive_opts:
         adaptive = {**adaptive_opts, "confidence": args.confidence}
-        if adaptive.get("min_repeats", 20) > args.k:
-            raise CLIError(f"--adaptive: the first check comes after {adaptive.get('min_repeats', 20)} repeats, "
-                           f"more than --k {args.k}; raise --k or lower --adaptive-min-repeats", EXIT_USAGE)
+        first = adaptive.get("min_repeats", _ADAPTIVE_DEFAULTS["min_repeats"])
+        if first > args.k:
+            raise CLIError(f"--adaptive: the first look comes after {first} repeats, more than --k {args.k}; "
+                           "raise --k or lower --adaptive-min-repeats", EXIT_USAGE)
     outputs = _run_outputs(args.out, perts, figures=not args.no_figures)
     _check_writable(outputs["files"], "--out")
     if args.checkpoint:

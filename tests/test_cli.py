@@ -128,7 +128,8 @@ BAD = [
     ([*RUN, "--model", "{d}/model.pxp", "--batch-size", "0"], 2, "'auto'"),
     ([*RUN, "--model", "{d}/model.pxp", "--confidence", "1"], 2, "(0, 1)"),
     ([*RUN, "--model", "{d}/model.pxp", "--n-bootstrap", "-1"], 2, "integer >= 0"),
-    ([*RUN, "--model", "{d}/model.pxp", "--adaptive"], 2, "first check comes after 20 repeats"),
+    ([*RUN, "--model", "{d}/model.pxp", "--adaptive"], 2, "first look comes after 3 repeats"),
+    ([*RUN, "--model", "{d}/model.pxp", "--adaptive-growth", "0.5"], 2, "[1, 10]"),
     ([*RUN, "--model", "{d}/model.pxp", "--perturbation", "pixel,sample", "--checkpoint", "{d}/c.ckpt"], 2,
      "one perturbation per run"),
     ([*RUN, "--model", "{d}/model.pxp", "--group", "=BF"], 2, "empty group name"),
@@ -332,6 +333,30 @@ def test_run_adaptive_and_checkpoint_resume(files, capsys):
     again = ImportanceResult.load(files / "resume" / "res")
     assert again.info["resumed_repeats"] > 0
     np.testing.assert_array_equal(again.confusion, first.confusion)
+
+
+def test_adaptive_growth_reaches_adaptive_k(files, capsys):
+    from pxpermute.adaptive import AdaptiveK
+
+    out = files / "growth" / "res"
+    rc, _, err = _run_main(["run", "--model", files / "model.pxp", "--data", files / "data.npz", "--k", "10",
+                            "--adaptive-growth", "1", "--n-bootstrap", "0", "--out", out,
+                            "--quiet", "--no-figures"], capsys)
+    assert rc == 0, err
+    info = ImportanceResult.load(out).info["adaptive"]
+    assert info["growth"] == 1.0 and info["min_repeats"] == AdaptiveK().min_repeats
+    looks = AdaptiveK(growth=1.0).checkpoints(10)
+    assert looks == [3, 5, 7, 9, 10] and AdaptiveK().checkpoints(10) == [3, 5, 8, 10]
+    assert info["k_used"] in looks and info["evaluations"] == looks.index(info["k_used"]) + 1
+
+
+def test_adaptive_help_describes_the_group_sequential_rule(capsys):
+    rc, out, _ = _run_main(["run", "--help"], capsys)
+    assert rc == 0
+    text = " ".join(out.split())
+    for phrase in ("group-sequential", "fixed before the run", "Bonferroni over pairs and looks", "--adaptive-growth",
+                   "+/- --adaptive-tol", "first after 3 repeats"):
+        assert phrase in text, phrase
 
 
 def test_run_writes_the_demos_table_and_figures(files, capsys):
