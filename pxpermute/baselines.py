@@ -55,6 +55,7 @@ import torch
 from torch import nn
 
 from ._progress import progress_bar
+from ._text import warning_text
 from .importance import as_source, channel_importance
 from .models import PercentileNormalization, last_conv_layer, to_captum_compatible
 from .result import ImportanceResult
@@ -726,7 +727,7 @@ def compare_methods(
         except (ValueError, RuntimeError, TypeError) as err:
             if errors == "raise":
                 raise
-            warnings.warn(f"{METHOD_NAMES[key]} skipped: {err}", RuntimeWarning, stacklevel=2)
+            warnings.warn(warning_text(f"{METHOD_NAMES[key]} skipped: {err}"), RuntimeWarning, stacklevel=2)
             continue
         out[METHOD_NAMES[key]] = res
     return out

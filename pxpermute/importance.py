@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._text import glue, warning_text
 from ._validation import (
     DEFAULT_RANDOM_STATE,
     ParameterError,
@@ -678,12 +679,12 @@ def channel_importance(
         zero = [unit_names[u] for u in range(len(units)) if np.all(cm_np[:, u] == base_np[None])]
         if zero:
             info["unchanged_under_pixel_permutation"] = zero
-            warnings.warn(
-                f"{', '.join(zero)}: importance exactly 0 under pixel permutation (permuting the pixels never changed "
-                "the confusion matrix). Either the model ignores these channels, or it uses only what a pixel "
-                "permutation keeps -- the intensity histogram, e.g. the total intensity. perturbation='sample' "
-                "removes that too. Exactly 0 here is no evidence that a channel carries no information.",
-                UserWarning, stacklevel=3)
+            warnings.warn(warning_text(  # lines of at most 100 characters, the first short
+                f"{glue('importance exactly 0 under pixel permutation')} for {', '.join(map(glue, zero))} (permuting "
+                "the pixels never changed the confusion matrix). Either the model ignores these channels, or it "
+                "uses only what a pixel permutation keeps -- the intensity histogram, e.g. the total intensity. "
+                "perturbation='sample' removes that too. Exactly 0 here is no evidence that a channel carries no "
+                "information."), UserWarning, stacklevel=3)
     return ImportanceResult.from_confusion(
         base_np, cm_np, metric=metric, aggregate=aggregate, channel_names=unit_names, class_names=cls_names,
         groups=group_map, info=info, bootstrap_baseline_confusion=boot.baseline, bootstrap_confusion=boot.confusion,

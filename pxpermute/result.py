@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from ._fileio import ResultFileError, load_bundle, save_bundle
+from ._text import fill, glue, warning_text
 from .inference import COVERAGE_NOTE, fold_mean_interval, median_interval
 from .metrics import compute_metric, present_classes
 from .stats import t_interval
@@ -563,8 +564,8 @@ class ImportanceResult:
         """Deprecated (see :func:`pxpermute.stats.rank_stability`): use :attr:`pairwise_probabilities`,
         :meth:`top_m_probabilities` or :attr:`rank_low` / :attr:`rank_high`.  Ties are shared, so two
         channels tied at exactly 0 get 0.5, not a confident rank."""
-        warnings.warn("ImportanceResult.rank_stability is deprecated: use pairwise_probabilities, "
-                      "top_m_probabilities(m) or rank_low/rank_high", DeprecationWarning, stacklevel=2)
+        warnings.warn(warning_text("ImportanceResult.rank_stability is deprecated: use pairwise_probabilities, "
+                                   "top_m_probabilities(m) or rank_low/rank_high"), DeprecationWarning, stacklevel=2)
         if self.bootstrap_importances is None:
             return None
         from .stats import _rank_stability
@@ -712,34 +713,45 @@ class ImportanceResult:
     def summary(self, width: int = 88) -> str:
         """A plain-text table of the ranking with its intervals, each saying what randomness it covers.
 
-        Lines are wrapped at ``width`` characters (the table itself is at most
-        about 80 wide for channel names up to 12 characters).
+        Lines are wrapped at ``width`` characters.  The table is about 80
+        wide for channel names up to 12 characters; when it would be wider than
+        ``width`` (long channel names), its columns are split into blocks, each
+        repeating rank and channel.
         """
-        import textwrap
-
         df = self.to_frame().sort_values("rank")
         pct = f"{100 * float(self.info.get('confidence', 0.95)):g}%"
         boot = self.bootstrap_importances is not None
         show_perm = self.ci_kind != "permutation"
         cw = max([7] + [len(str(c)) for c in self.channel_names])
-        head = f"{'rank':>4}  {'channel':<{cw}}  {'value':>7}  {pct + ' CI':^18}"
-        if boot:
-            head += f"  {'p':>6}  {'P(>next)':>8}  {'ranks':>5}"
-        head += f"  {'norm.':>5}"
-        lines = [head]
 
         def fmt(lo: float, hi: float) -> str:
             return f"[{lo:+.4f}, {hi:+.4f}]" if np.isfinite(lo) and np.isfinite(hi) else "n/a"
 
-        for _, row in df.iterrows():
-            line = f"{int(row['rank']):>4}  {row.channel:<{cw}}  {row.importance:>+7.4f}  {fmt(row.ci_low, row.ci_high):>18}"
-            if boot:
-                nxt = f"{row.p_above_next:.2f}" if np.isfinite(row.p_above_next) else "-"
-                rr = f"{int(row.rank_low)}-{int(row.rank_high)}"
-                line += f"  {row.p_value:>6.3f}  {nxt:>8}  {rr:>5}"
-            norm = f"{row.normalized:.2f}" if np.isfinite(row.normalized) else "n/a"
-            line += f"  {norm:>5}"
-            lines.append(line)
+        rows = list(df.itertuples(index=False))
+        # columns: the header and the rows' cells, all of one width
+        key = [f"{'rank':>4}  {'channel':<{cw}}"] + [f"{int(r.rank):>4}  {r.channel:<{cw}}" for r in rows]
+        cols = [[f"{'value':>7}"] + [f"{r.importance:>+7.4f}" for r in rows],
+                [f"{pct + ' CI':^18}"] + [f"{fmt(r.ci_low, r.ci_high):>18}" for r in rows]]
+        if boot:
+            cols.append([f"{'p':>6}"] + [f"{r.p_value:>6.3f}" for r in rows])
+            cols.append([f"{'P(>next)':>8}"] + [f"{f'{r.p_above_next:.2f}' if np.isfinite(r.p_above_next) else '-':>8}"
+                                               for r in rows])
+            cols.append([f"{'ranks':>5}"] + [f"{f'{int(r.rank_low)}-{int(r.rank_high)}':>5}" for r in rows])
+        cols.append([f"{'norm.':>5}"] + [f"{f'{r.normalized:.2f}' if np.isfinite(r.normalized) else 'n/a':>5}"
+                                         for r in rows])
+        blocks: list[list[list[str]]] = [[]]
+        used = len(key[0])
+        for col in cols:  # pack columns into blocks no wider than ``width`` (at least one column each)
+            if blocks[-1] and used + 2 + len(col[0]) > width:
+                blocks.append([])
+                used = len(key[0])
+            blocks[-1].append(col)
+            used += 2 + len(col[0])
+        lines = []
+        for b, block in enumerate(blocks):
+            if b:
+                lines.append("")
+            lines += ["  ".join(cells) for cells in zip(key, *block)]
         notes = [f"value: the {'median' if self.info.get('aggregate') == 'median' else 'mean'} drop in "
                  f"{self.info.get('metric', 'the metric')} when the channel is perturbed.",
                  f"CI: {self.ci_label}."]
@@ -751,7 +763,7 @@ class ImportanceResult:
                          f"channel scores above the next one (ties count 1/2). ranks: simultaneous {pct} "
                          "bootstrap rank interval (1 = most important).")
         if show_perm:
-            perm = "; ".join(f"{row.channel} {fmt(row.perm_ci_low, row.perm_ci_high)}" for _, row in df.iterrows())
+            perm = "; ".join(glue(f"{r.channel} {fmt(r.perm_ci_low, r.perm_ci_high)}") for r in rows)
             notes.append(f"permutation (Monte Carlo) {pct} CI, the k repeats' noise only: {perm}.")
         elif self.ci_kind == "permutation":
             notes.append("The permutation interval covers only how precisely the k repeats measured the importance "
@@ -766,14 +778,17 @@ class ImportanceResult:
         notes.append("An interval that contains 0 is absence of evidence, not evidence that a channel is unused.")
         zero = self.info.get("unchanged_under_pixel_permutation")
         if zero:
-            notes.append(f"Exactly 0 under pixel permutation: {', '.join(zero)} (ignored by the model, or read only "
+            notes.append(f"Exactly 0 under pixel permutation: {', '.join(map(glue, zero))} (ignored by the model, or read only "
                          "through their intensity histogram; try perturbation='sample').")
-        out = textwrap.wrap(self.title(), width, subsequent_indent="  ", break_on_hyphens=False) + lines
-        for note in notes:
-            out += textwrap.wrap(note, width, subsequent_indent="  ", break_on_hyphens=False)
+        out = [fill(", ".join(map(glue, self._title_parts())), width), *lines]
+        out += [fill(note, width) for note in notes]
         return "\n".join(out)
 
     def title(self) -> str:
+        """One line naming what made the result: method, perturbation, metric, k, seed, data, model, n."""
+        return ", ".join(self._title_parts())
+
+    def _title_parts(self) -> list[str]:
         i = self.info
         parts = [str(i.get("method", "pxpermute"))]
         if "perturbation" in i:
@@ -795,7 +810,7 @@ class ImportanceResult:
                 parts.append(f"{key}={i[key]}")
         if "n_samples" in i:
             parts.append(f"n={i['n_samples']}")
-        return ", ".join(parts)
+        return parts
 
     def plot(self, ax=None, *, normalized: bool = True, **kwargs):
         """Bar plot of importances with 95 % CIs (see :func:`pxpermute.plotting.plot_importance`)."""
@@ -804,8 +819,9 @@ class ImportanceResult:
         return plot_importance(self, ax=ax, normalized=normalized, **kwargs)
 
     def __repr__(self) -> str:
-        top = ", ".join(f"{c}={v:.3g}" for c, v in zip(self.ranked_channels, self.importance[self.ranking]))
-        return f"ImportanceResult({self.title()}; {top})"
+        top = ", ".join(glue(f"{c}={v:.3g}") for c, v in zip(self.ranked_channels, self.importance[self.ranking]))
+        # lines of at most 100 characters (the book's width)
+        return fill(f"ImportanceResult({', '.join(map(glue, self._title_parts()))}; {top})")
 
     # -- files -------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:

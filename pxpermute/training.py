@@ -51,6 +51,7 @@ from torch.utils.data import (
 
 from ._progress import progress_bar
 from ._protocol import SavableResult, ragged_from_bundle, ragged_to_bundle
+from ._text import fill, glue, name_list
 from .datasets.base import IFCDataset, as_dataset, resolve_channels
 from .models import MODEL_NAMES, PercentileNormalization, build_model, fit_percentile_normalization
 
@@ -802,7 +803,7 @@ class CVResult(SavableResult):
         """Printable text: F1-macro, accuracy and per-class F1, mean ± std over the folds."""
         from .stats import t_interval
 
-        lines = [f"{self.n_splits}-fold cross-validation, channels {', '.join(self.channels)}, "
+        lines = [f"{self.n_splits}-fold cross-validation, channels {', '.join(map(glue, self.channels))}, "
                  f"seed={self.random_state}" + (f", model={self.params['model']}" if "model" in self.params else "")]
         for name, values in (("F1-macro", self.f1_macro), ("accuracy", self.accuracy)):
             t = t_interval(values)
@@ -811,7 +812,7 @@ class CVResult(SavableResult):
         for c, name in enumerate(self.class_names):
             v = self.f1_per_class[:, c]
             lines.append(f"  F1[{name}] {np.mean(v):.3f} ± {np.std(v, ddof=1) if v.size > 1 else 0.0:.3f}")
-        return "\n".join(lines)
+        return fill("\n".join(lines), indent="    ")
 
     def plot(self, ax=None, **kwargs):
         """Per-fold F1 per class and F1-macro (see :func:`pxpermute.plotting.plot_cv_result`)."""
@@ -843,10 +844,10 @@ class CVResult(SavableResult):
                    params=dict(meta.get("params") or {}))
 
     def __repr__(self) -> str:
-        return (
-            f"CVResult({self.n_splits} folds, channels {self.channels}, "
-            f"F1-macro {self.f1_macro_mean:.3f} ± {self.f1_macro_std:.3f}, "
-            f"accuracy {self.accuracy_mean:.3f} ± {self.accuracy_std:.3f})"
+        return fill(  # lines of at most 100 characters (the book's width)
+            f"CVResult({self.n_splits} folds, channels {name_list(self.channels)}, "
+            + glue(f"F1-macro {self.f1_macro_mean:.3f} ± {self.f1_macro_std:.3f}") + ", "
+            + glue(f"accuracy {self.accuracy_mean:.3f} ± {self.accuracy_std:.3f}") + ")"
         )
 
 

@@ -21,7 +21,7 @@ ENGINE = {
     "pxpermute.importance", "pxpermute.perturb", "pxpermute.metrics", "pxpermute.result", "pxpermute.stats",
     "pxpermute.runner", "pxpermute.adaptive", "pxpermute.checkpoint", "pxpermute.distributed",
     "pxpermute.fingerprint", "pxpermute.predictor", "pxpermute.sources", "pxpermute.keys", "pxpermute._fileio",
-    "pxpermute._validation", "pxpermute._version", "pxpermute._progress", "pxpermute.datasets", "pxpermute.inference",
+    "pxpermute._validation", "pxpermute._version", "pxpermute._progress", "pxpermute._text", "pxpermute.datasets", "pxpermute.inference",
 }
 #: what the engine must never reach, even through a function-level import
 ABOVE_ENGINE = ("training", "models", "evaluation", "cli", "baselines", "diagnostics", "io", "panel", "scale")

@@ -267,11 +267,13 @@ class IFCDataset(Dataset):
         return self._replace(self.images, self.labels, transform=transform)
 
     def __repr__(self) -> str:
-        counts = ", ".join(f"{k}: {v}" for k, v in self.class_counts().items())
+        from .._text import fill, glue, name_list
+
+        counts = ", ".join(glue(f"{k}: {v}") for k, v in self.class_counts().items())
         lazy = " lazy" if self.is_lazy else ""
-        return (
+        return fill(  # lines of at most 100 characters (the book's width)
             f"IFCDataset({self.name!r}, {len(self)} cells{lazy}, {self.n_channels} channels "
-            f"{self.channel_names}, image {self.image_shape[1]}x{self.image_shape[2]}, classes {{{counts}}})"
+            f"{name_list(self.channel_names)}, image {self.image_shape[1]}x{self.image_shape[2]}, classes {{{counts}}})"
         )
 
 

@@ -83,8 +83,10 @@ def cv_importance(
     t_train = time.perf_counter() - t0
     folds = []
     for net, te in zip(cv.models, cv.test_indices):
-        res = channel_importance(net, ds.subset(te), n_repeats=n_repeats, perturbation=perturbation, metric=metric,
-                                 random_state=random_state, progress=progress, **dict(importance_kwargs or {}))
+        # a warning shows this line: keep it short
+        res = channel_importance(
+            net, ds.subset(te), n_repeats=n_repeats, perturbation=perturbation, metric=metric,
+            random_state=random_state, progress=progress, **dict(importance_kwargs or {}))
         folds.append(res)
     pooled = ImportanceResult.concat(folds, name="fold")
     pooled.info.update(method=pooled.info.get("method", "pxpermute"), n_splits=cv.n_splits, n_trainings=cv.n_splits,

@@ -83,6 +83,7 @@ from .._protocol import (
     importance_from_bundle,
     importance_to_bundle,
 )
+from .._text import fill, glue, name_list, warning_text
 from .._validation import check_choice, check_float, check_int
 from ..datasets.base import IFCDataset, resolve_channels
 from ..result import ImportanceResult
@@ -365,8 +366,8 @@ class NestedRanking:
         return sorted(names, key=lambda c: (float(np.mean(pos[c])), names.index(c)))
 
     def __repr__(self) -> str:
-        return (f"NestedRanking({self.n_splits} outer folds, method={self.info.get('method')}, "
-                f"consensus {self.consensus()[:5]})")
+        return fill(f"NestedRanking({self.n_splits} outer folds, method={self.info.get('method')}, "
+                    f"consensus {name_list(self.consensus()[:5])})")
 
 
 def _pxpermute_ranking(train_part: IFCDataset, *, inner_splits: int, n_repeats: int, random_state: int,
@@ -518,9 +519,10 @@ def _resolve_ranking(ds: IFCDataset, ranking: Any, *, nested: bool | None, n_spl
     stains = ranked_stains(ds, ranking)
     if isinstance(ranking, ImportanceResult) and ranking.info.get("data") not in (None, "") \
             and ranking.info.get("data") == ds.name:
-        warnings.warn(f"the ranking was computed on data named {ds.name!r}, like the data set it now judges: if these "
-                      "are the same cells, the comparison favours the ranking's panels (selection on the test data). "
-                      "Pass ranking='pxpermute' or a ranking function for nested cross-validation.", stacklevel=3)
+        warnings.warn(warning_text(
+            f"the ranking was computed on data named {ds.name!r}, like the data set it now judges: if these are "
+            f"the same cells, the comparison favours the ranking's panels ({glue('selection on the test data')}). "
+            "Pass ranking='pxpermute' or a ranking function for nested cross-validation."), stacklevel=3)
     return _Ranking([stains] * n_splits, stains, False, ranking_label(ranking)), random_state
 
 
@@ -626,7 +628,7 @@ class PanelComparison(SavableResult):
                      "channels") + f" (Holm-adjusted {test} p = {row['p_holm']:.3g})"
             lines.append(f"{head}: {verdict}; {below}.")
         lines.append(f"({i.get('n_splits')} folds, alpha = {alpha}; {FAMILY_NOTE}. Ranking: {i.get('ranking')}.)")
-        return "\n".join(lines)
+        return fill("\n".join(lines))  # lines of at most 100 characters
 
     def summary(self) -> str:
         """Printable text: every panel's F1-macro with its 95 % CI over folds, then the verdicts."""
@@ -637,7 +639,7 @@ class PanelComparison(SavableResult):
             lines.append(f"  {r.panel:<{width}}  {fmt(r.f1_macro_mean)} [{fmt(r.f1_macro_ci_low)}, "
                          f"{fmt(r.f1_macro_ci_high)}]  channels: {r.channels}")
         lines.append(self.statement())
-        return "\n".join(lines)
+        return fill("\n".join(lines))  # lines of at most 100 characters
 
     def title(self) -> str:
         i = self.info
@@ -651,8 +653,8 @@ class PanelComparison(SavableResult):
         return plot_panel_comparison(self, ax=ax, **kwargs)
 
     def __repr__(self) -> str:
-        body = ", ".join(f"{r.panel}={r.f1_macro_mean:.3f}" for r in self.panel_table.itertuples())
-        return f"PanelComparison({body})"
+        body = ", ".join(glue(f"{r.panel}={r.f1_macro_mean:.3f}") for r in self.panel_table.itertuples())
+        return fill(f"PanelComparison({body})")
 
     # -- files -------------------------------------------------------------------
     def _to_bundle(self, prefix: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -819,8 +821,8 @@ def compare_panels(
     if sf:
         panels.append(("stain-free", "stain-free", 0, [sf] * n_splits))
     else:
-        warnings.warn("the data set has no stain-free channel (dataset.stain_free is all False); "
-                      "the stain-free-only panel is skipped", stacklevel=2)
+        warnings.warn(warning_text("the data set has no stain-free channel (dataset.stain_free is all False); "
+                                   "the stain-free-only panel is skipped"), stacklevel=2)
     prefix = "stain-free + " if sf else ""
     for kk in sorted(set(int(x) for x in ks)):
         panels.append((f"{prefix}top-{kk}", "top-k", kk, [sf + s[:kk] for s in rk.fold_stains]))
@@ -979,7 +981,7 @@ class MinimalPanel(SavableResult):
                          f"{s.n_trainings} trainings on its own{extra})")
         if i.get("familywise"):
             lines.append(f"  ranking search: {i['familywise']}. Ranking: {i.get('ranking')}.")
-        return "\n".join(lines)
+        return fill("\n".join(lines))  # lines of at most 100 characters
 
     def title(self) -> str:
         i = self.info
@@ -995,10 +997,10 @@ class MinimalPanel(SavableResult):
     def __repr__(self) -> str:
         extra = ""
         if "greedy" in self.searches:
-            extra = f", greedy {self.searches['greedy'].stains}"
-        return (f"MinimalPanel(stains {self.stains} (ranking, {self.info.get('decision', '?')}){extra}; all channels "
-                f"F1 {self.reference_score:.3f}, margin {self.tolerance:g}; {self.n_trainings} trainings, "
-                f"{self.seconds:.0f} s)")
+            extra = f", greedy {name_list(self.searches['greedy'].stains)}"
+        return fill(f"MinimalPanel(stains {name_list(self.stains)} (ranking, {self.info.get('decision', '?')}){extra}; "
+                    f"all channels F1 {self.reference_score:.3f}, margin {self.tolerance:g}; {self.n_trainings} "
+                    f"trainings, {self.seconds:.0f} s)")
 
     # -- files -------------------------------------------------------------------
     def _to_bundle(self, prefix: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -1281,7 +1283,7 @@ class MultiStageResult(SavableResult):
                      + (f" (+ stain-free {', '.join(self.stain_free)})" if self.stain_free else ""))
         if self.info.get("ground_truth"):
             lines.append(f"recovers {self.recovered_fraction():.0%} of the planted informative markers")
-        return "\n".join(lines)
+        return fill("\n".join(lines))  # lines of at most 100 characters
 
     def recovered_fraction(self, truth: Any = None, *, top: int | None = None) -> float:
         """Fraction of the truly informative markers that the panel contains.
@@ -1341,7 +1343,7 @@ class MultiStageResult(SavableResult):
         return plot_multistage(self, **kwargs)
 
     def __repr__(self) -> str:
-        return f"MultiStageResult(panel {self.panel}; {len(self.stages)} runs + final)"
+        return fill(f"MultiStageResult(panel {name_list(self.panel)}; {len(self.stages)} runs + final)")
 
     # -- files -------------------------------------------------------------------
     @staticmethod

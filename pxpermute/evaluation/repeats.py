@@ -27,6 +27,7 @@ import pandas as pd
 from scipy import stats
 
 from .._protocol import SavableResult, importance_from_bundle, importance_to_bundle
+from .._text import fill, glue
 from .._validation import check_int
 from ..result import ImportanceResult
 from ._common import fmt
@@ -191,8 +192,9 @@ class KAblation(SavableResult):
                  f"ranking stable from k = {self.stable_k}" + ("" if self.top is None else f" (top {self.top})")
                  + ("" if self.top is None else f"; full ranking from k = {self.stable_k_all}"),
                  f"{'k':>6}  {'tau':>6}  ranking (most important first)"]
-        for k in self.ks:
-            lines.append(f"{k:>6}  {fmt(self.kendall_tau.loc[k], 2):>6}  {', '.join(self.rankings.loc[k].tolist())}")
+        for k in self.ks:  # a long ranking continues under its column
+            lines.append(fill(f"{k:>6}  {fmt(self.kendall_tau.loc[k], 2):>6}  "
+                              f"{', '.join(map(glue, self.rankings.loc[k].tolist()))}", indent=" " * 16))
         lines.append("(k-prefixes of one run are nested, which flatters this agreement)")
         if self.seed_table is not None:
             st = self.seed_table
@@ -204,7 +206,7 @@ class KAblation(SavableResult):
                 r = st.loc[k]
                 lines.append(f"{k:>6}  {fmt(r.tau_between_seeds, 2):>6}  {r.same_ranking:>12.2f}  {r.same_top:>8.2f}")
         lines.append("Permutation noise only (one model, one test set); nothing here covers retraining.")
-        return "\n".join(lines)
+        return fill("\n".join(lines))  # lines of at most 100 characters
 
     def title(self) -> str:
         return f"k ablation: {self.result.title()}"
@@ -215,9 +217,9 @@ class KAblation(SavableResult):
 
         return plot_k_ablation(self, **kwargs)
 
-    def __repr__(self) -> str:
-        return (f"KAblation(ks={self.ks}, ranking stable from k={self.stable_k}"
-                f"{'' if self.top is None else f' (top {self.top})'}; {self.result.title()})")
+    def __repr__(self) -> str:  # lines of at most 100 characters (the book's width)
+        return fill(f"KAblation(ks={self.ks}, ranking stable from k={self.stable_k}"
+                    f"{'' if self.top is None else f' (top {self.top})'}; {self.result.title()})")
 
     # -- files -------------------------------------------------------------------
     def _to_bundle(self, prefix: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from .._protocol import SavableResult, frame_from_bundle, frame_to_bundle
+from .._text import fill, glue
 from ..stats import t_interval
 from ._common import as_dataset, check_n_splits, fmt, plain_params
 from .agreement import ranking_channels
@@ -175,7 +176,7 @@ class ROARResult(SavableResult):
                      "wide. Read methods against Random through the paired interval.")
         for note in notes:
             lines += textwrap.wrap(note, 88, subsequent_indent="  ", break_on_hyphens=False)
-        return "\n".join(lines)
+        return fill("\n".join(lines))  # lines of at most 100 characters
 
     def per_fold_average(self, metric: str = "f1_macro") -> pd.DataFrame:
         """Average of ``metric`` over the curve for every (method, fold): methods x folds."""
@@ -206,8 +207,8 @@ class ROARResult(SavableResult):
 
     def __repr__(self) -> str:
         s = self.summary_frame()
-        best = ", ".join(f"{r.method} {r.mean:.3f}" for r in s.itertuples())
-        return f"ROARResult({self.title()}; mean F1-macro over the curve: {best})"
+        best = ", ".join(glue(f"{r.method} {r.mean:.3f}") for r in s.itertuples())
+        return fill(f"ROARResult({self.title()}; mean F1-macro over the curve: {best})")
 
     # -- files -------------------------------------------------------------------
     def _to_bundle(self, prefix: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

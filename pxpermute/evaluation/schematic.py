@@ -41,8 +41,9 @@ def method_schematic(dataset, model, *, n_repeats: int = 10, device=None, fill_v
     >>> len(fig.axes) == 4 * ds.n_channels
     True
     """
-    results = {p: channel_importance(model, dataset, n_repeats=n_repeats, perturbation=p, random_state=random_state,
-                                     device=device, fill_value=fill_value, progress=False)
+    results = {p: channel_importance(  # a warning shows this line: keep it short
+                   model, dataset, n_repeats=n_repeats, perturbation=p, random_state=random_state, device=device,
+                   fill_value=fill_value, progress=False)
                for p in ("pixel", "sample", "fill")}
     return plot_method_schematic(dataset, results=results, fill_value=fill_value, random_state=random_state,
                                  **plot_kwargs)

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from .._text import fill
 from ..datasets.base import IFCDataset
 from ..models import load_pretrained, pretrained_registry
 from ..training import CVResult
@@ -199,10 +200,11 @@ def cv_or_train(group: str, dataset: IFCDataset, *, retrain: bool = False, n_spl
                 diffs.append(f"data differ from {g['data']} ({g['n_cells']} cells)")
             if not diffs:
                 cv = load_cv(group, dataset, device=device)
-                print(f"pretrained models {group!r} loaded ({g['n_splits']} folds of {g['data']}, "
-                      f"{g['train'].get('model')}, trained by scripts/train_tutorial_models.py); retrain=True trains them here")
+                print(fill(f"pretrained models {group!r} loaded ({g['n_splits']} folds of {g['data']}, "
+                           f"{g['train'].get('model')}, trained by scripts/train_tutorial_models.py); "
+                           "retrain=True trains them here"))
                 return cv
             reason = "the pretrained group differs: " + "; ".join(diffs)
-    print(f"training {n_splits} folds ({reason})")
+    print(fill(f"training {n_splits} folds ({reason})"))  # lines of at most 100 characters
     return cross_validate(dataset, n_splits=n_splits, channels=channels, random_state=random_state, progress=False,
                           device=device, **train_kwargs)
