@@ -21,7 +21,7 @@ from .evaluation.panels import (
     nested_rankings,
     paired_tests,
 )
-from .evaluation.repeats import KAblation, first_stable_k, k_ablation
+from .evaluation.repeats import KAblation, first_stable_k, k_ablation, seed_agreement
 
 __all__ = [
     "PanelComparison",
@@ -35,6 +35,7 @@ __all__ = [
     "KAblation",
     "k_ablation",
     "first_stable_k",
+    "seed_agreement",
     "leave_one_channel_out",
     "side_by_side",
     "paired_tests",

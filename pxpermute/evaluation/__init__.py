@@ -16,7 +16,7 @@ module                 what it holds
 :mod:`.panels`         :func:`compare_panels`, :func:`minimal_panel`,
                        :func:`multistage_design`, :func:`paired_tests`,
                        :func:`nested_rankings`
-:mod:`.repeats`        :func:`k_ablation`, :func:`first_stable_k`
+:mod:`.repeats`        :func:`k_ablation`, :func:`first_stable_k`, :func:`seed_agreement`
 :mod:`.loco`           :func:`leave_one_channel_out`, :func:`runtime_vs_loco`,
                        :func:`side_by_side`
 :mod:`.crossval`       :func:`cv_importance` -- the published protocol
@@ -38,7 +38,7 @@ from .panels import (
     nested_rankings,
     paired_tests,
 )
-from .repeats import KAblation, first_stable_k, k_ablation
+from .repeats import KAblation, first_stable_k, k_ablation, seed_agreement
 from .retrain import retrain_scores
 from .roar import ROARResult, remove_and_retrain
 from .schematic import method_schematic
@@ -65,6 +65,7 @@ __all__ = [
     "KAblation",
     "k_ablation",
     "first_stable_k",
+    "seed_agreement",
     "leave_one_channel_out",
     "runtime_vs_loco",
     "side_by_side",
