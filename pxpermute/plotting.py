@@ -252,8 +252,10 @@ def plot_importance(results, ax=None, *, normalized: bool = True, sort: bool = T
         ax.legend(handles, labs, fontsize="small", frameon=False, loc="upper center",
                   bbox_to_anchor=(0.5, -0.22 if len(names) > 5 else -0.12), ncol=min(4, len(handles)))
     label = getattr(results[0], "ci_label", None)
+    covers = ("covers retraining, approximately" if getattr(results[0], "ci_kind", None) == "folds"
+              else "no interval covers retraining")
     note = (f"\nerror bars: {100 * float(results[0].info.get('confidence', 0.95)):g}% CI, {label}; "
-            "no interval covers retraining") if label else ""
+            f"{covers}") if label else ""
     if raw:
         who = "" if n == 1 else " for " + ", ".join(labels[j] for j in raw)
         note += f"\nshown raw, not min-max normalized{who}: {_not_normalized_reason(results[raw[0]])}"

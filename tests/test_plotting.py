@@ -183,3 +183,15 @@ def test_method_comparison_marks_the_method_drawn_raw():
         assert "Occlusion" in ax.get_ylabel() and "raw" in ax.get_ylabel()
     finally:
         plt.close(fig)
+
+
+def test_importance_note_says_what_the_error_bars_cover():
+    # one run: a permutation interval, which covers no retraining; folds pooled by concat: the interval over
+    # fold means, which does cover retraining (approximately) -- the figure must not claim the opposite
+    a = ImportanceResult([[0.30, 0.10], [0.32, 0.12], [0.31, 0.09]], channel_names=["BF", "DNA"])
+    b = ImportanceResult([[0.20, 0.15], [0.22, 0.14], [0.21, 0.16]], channel_names=["BF", "DNA"])
+    one = plotting.plot_importance(a, normalized=False).axes[0].get_title()
+    pooled = plotting.plot_importance(ImportanceResult.concat([a, b]), normalized=False).axes[0].get_title()
+    plt.close("all")
+    assert "no interval covers retraining" in one
+    assert "covers retraining, approximately" in pooled and "no interval covers retraining" not in pooled
