@@ -904,6 +904,11 @@ def plot_k_ablation(ablation, *, title: str | None = None, max_channels: int = 1
         a.tick_params(axis="x", labelsize="small", labelrotation=45)
     ax1.set_xlabel("k (repeats)")
     ax1.set_ylabel(f"Kendall τ to k={max(ablation.ks)}")
+    # the whole scale of tau (1 = the same order): a range from 0.93 to 1 would make small changes look large
+    finite = tau.values[np.isfinite(tau.values)]
+    ax1.set_ylim(min(0.0, float(finite.min()) - 0.05) if finite.size else 0.0, 1.05)
+    ax1.axhline(1.0, color="grey", linestyle=":", linewidth=0.8)
+    ax1.set_title(f"Kendall τ to the k={max(ablation.ks)} ranking", fontsize="small")
     ax1.legend(fontsize="small", frameon=False)
     tab = ablation.table
     final = tab[tab.k == max(ablation.ks)].sort_values("rank")
@@ -913,6 +918,7 @@ def plot_k_ablation(ablation, *, title: str | None = None, max_channels: int = 1
         sub = tab[tab.channel == ch].sort_values("k")
         ax2.plot(sub.k, sub["rank"], "o-", color=color, label=ch, markersize=3)
     ax2.invert_yaxis()
+    ax2.set_title("rank of each channel", fontsize="small")
     ax2.set_xlabel("k (repeats)")
     ax2.set_ylabel("rank (1 = most important)")
     ax2.legend(fontsize="x-small", frameon=False, ncol=2 if len(chans) > 6 else 1, loc="center left",

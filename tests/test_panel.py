@@ -480,6 +480,10 @@ def test_panel_plots(comparison, ds):
     abl = k_ablation(None, ks=(2, 5, 10), result=res)
     fig = plot_k_ablation(abl)
     assert "k=10" in fig._suptitle.get_text() and len(fig.axes) == 2
+    # panels are named by their titles, and the tau axis shows the whole scale up to 1 (no zoom to 0.93-1)
+    assert [a.get_title() for a in fig.axes] == ["Kendall τ to the k=10 ranking", "rank of each channel"]
+    lo, hi = fig.axes[0].get_ylim()
+    assert lo <= 0.0 and hi >= 1.0
     design = multistage_design([["A", "Noise"], ["B", "Empty"]], _score_fn([]), dataset=ds, per_run=1, progress=False)
     fig = plot_multistage(design)
     assert len(fig.axes) == 3
