@@ -544,6 +544,10 @@ class ImportanceResult:
         if lo <= 0:
             return False, (f"the top channel ({name}) has an interval that reaches 0 ({self.ci_label}): "
                            "min-max scaling would show noise as 1.0")
+        finite = imp[np.isfinite(imp)]
+        if finite.size > 1 and float(finite.max() - finite.min()) <= 1e-12 * max(1.0, abs(float(finite.max()))):
+            return False, (f"all channels have the same importance ({float(finite.max()):.4g}): "
+                           "min-max scaling would show every channel as 0")
         return True, ""
 
     def top_m_probabilities(self, m: int) -> pd.Series:

@@ -195,3 +195,15 @@ def test_importance_note_says_what_the_error_bars_cover():
     plt.close("all")
     assert "no interval covers retraining" in one
     assert "covers retraining, approximately" in pooled and "no interval covers retraining" not in pooled
+
+
+def test_a_tie_of_all_channels_is_not_scaled_to_zero():
+    # two channels with exactly the same, clearly positive importance: min-max would turn both into 0 (an empty
+    # figure that reads "unused"); normalized() says why it declines and the plot draws the raw values
+    tie = ImportanceResult([[0.5, 0.5], [0.52, 0.52], [0.48, 0.48]], channel_names=["BF", "FL"])
+    norm = tie.normalized()
+    assert norm.isna().all() and "same importance" in norm.attrs["reason"]
+    ax = plotting.plot_importance(tie).axes[0]
+    heights = sorted(round(p.get_height(), 6) for p in ax.patches)
+    plt.close("all")
+    assert heights == [0.5, 0.5]
