@@ -48,6 +48,62 @@ def _separated_pairs(imp: np.ndarray) -> tuple[list[int], list[bool]]:
     return order, [bool(m[a] - h[a] > m[b] + h[b]) for a, b in zip(order[:-1], order[1:])]
 
 
+def _rules() -> dict:
+    """The stopping goals replayed on the fixed run's repeats (same seed: adaptive's repeats are its prefix)."""
+    from pxpermute.adaptive import AdaptiveK
+
+    return {"default (whole ranking, tol 0.005)": AdaptiveK(),
+            "whole ranking, tol 0.02": AdaptiveK(tol=0.02),
+            "top 1": AdaptiveK(top=1), "top 2": AdaptiveK(top=2), "top 3": AdaptiveK(top=3)}
+
+
+def replay(imp: np.ndarray, *, n_cells: int, cap: int) -> dict:
+    """Where each goal of :func:`_rules` stops on the per-repeat importances ``imp`` (k = cap run), and whether its
+    order agrees with k = cap on every pair the goal covers whose 95 % intervals at k = cap are disjoint."""
+    from scipy import stats
+
+    from pxpermute.adaptive import ranking_settled
+    from pxpermute.inference import checked_pairs
+
+    C = imp.shape[1]
+    R = imp.shape[0]
+    m = imp.mean(0)
+    h = stats.t.ppf(0.975, R - 1) * imp.std(0, ddof=1) / np.sqrt(R)
+    order_full = [int(i) for i in np.argsort(-m, kind="stable")]
+    out = {}
+    for name, rule in _rules().items():
+        k_stop, why, dec = cap, "cap", None
+        for t in rule.checkpoints(cap):
+            hist: list = []
+            settled, reason = ranking_settled(imp[:t], rule=rule, history=hist, n_samples=n_cells, cap=cap)
+            k_stop, dec = t, hist[-1]
+            if settled:
+                why = reason if t < cap else "cap"
+                break
+        ma = imp[:k_stop].mean(0)
+        pos = {u: i for i, u in enumerate(np.argsort(-ma, kind="stable"))}
+        # pairs the goal covers, taken on the k = cap order: whole ranking -> every pair; top m -> pairs with a
+        # member in the k = cap top m
+        top = rule.top if rule.top is not None and rule.top < C - 1 else None
+        covered = [(a, b) for i, a in enumerate(order_full) for b in order_full[i + 1:]
+                   if top is None or order_full.index(a) < top]
+        sep = [(a, b) for a, b in covered if m[a] - h[a] > m[b] + h[b]]
+        # a pair the rule declared tied (within +/- tol, with the stated confidence) makes no order claim
+        group = {u: gi for gi, g in enumerate(dec.tie_groups if dec else []) for u in g}
+        tied = [(a, b) for a, b in sep if a in group and group.get(a) == group.get(b)]
+        claimed = [(a, b) for a, b in sep if (a, b) not in tied]
+        agree = [pos[a] < pos[b] for a, b in claimed]
+        out[name] = {"k": int(k_stop), "stopped": why, "fewer_passes_factor": round((1 + C * cap) / (1 + C * k_stop), 2),
+                     "k100_separated_pairs_covered": len(sep),
+                     "of_them_declared_tied": len(tied),
+                     "max_k100_gap_in_a_declared_tie": round(max([abs(m[a] - m[b]) for a, b in tied], default=0.0), 5),
+                     "agrees_on_all_of_them": bool(all(pos[a] < pos[b] for a, b in sep)),
+                     "agrees_on_all_not_declared_tied": bool(all(agree)),
+                     "open_pairs_at_stop": sum(p_["status"] == "open" for p_ in dec.pairs) if dec else None,
+                     "pairs_checked": len(checked_pairs(dec.order, rule.top)) if dec else None}
+    return out
+
+
 def compare(net, test, names: list[str], *, k: int, seed: int = 0, batch_size: int = 256) -> dict:
     """Fixed k and adaptive (cap k) on the same model and cells, timed in this process."""
     from scipy.stats import kendalltau
@@ -84,6 +140,8 @@ def compare(net, test, names: list[str], *, k: int, seed: int = 0, batch_size: i
         "importance_fixed": np.round(fixed.importances.mean(0), 4).tolist(),
         "importance_adaptive": np.round(ad.importances.mean(0), 4).tolist(),
         "per_repeat_sd_fixed": np.round(fixed.importances.std(0, ddof=1), 4).tolist(),
+        "goals_replayed": replay(fixed.importances, n_cells=len(test), cap=k),
+        "per_repeat_importances_fixed": np.round(fixed.importances, 5).tolist(),
     }
 
 
@@ -113,7 +171,14 @@ def run_cellcycle(pkl: str | None, *, k: int, epochs: int, data_dir: str | None)
     from pxpermute.datasets import load_cellcycle
 
     ds = load_cellcycle(data_dir=data_dir, download=False)
-    if pkl and Path(pkl).exists():
+    if pkl == "pretrained":
+        from pxpermute.pretrained import load_cv
+
+        cv = load_cv("cellcycle_all", ds, device="cpu")
+        net, test_idx = cv.models[0], cv.test_indices[0]
+        src = "shipped pretrained fold 0 of cellcycle_all (width-32 SmallCNN, 20 epochs, seed 42)"
+        t_train = None
+    elif pkl and Path(pkl).exists():
         saved = pickle.loads(Path(pkl).read_bytes())
         net, test_idx = saved["net"], saved["test_indices"]
         src = f"fold-0 model from runtime_comparison.py ({saved['model']}, {saved['epochs']} epochs)"
@@ -186,6 +251,27 @@ def close_pair_simulation(n_sims: int, seed: int = 2024, n: int = 400, kmax: int
                 name: bool(abs(s["wrong_order_vs_same_cells_infinite_k"] - base) <= 0.01) for name, s in summ.items()}}
 
 
+def summarize_goals(rows: list[dict], k: int) -> dict:
+    """Per goal: k per data set, mean k, pass factors, agreement with k = 100 (see :func:`replay`)."""
+    goals = {}
+    for g in rows[0]["goals_replayed"]:
+        ks = [r["goals_replayed"][g]["k"] for r in rows]
+        fac = [r["goals_replayed"][g]["fewer_passes_factor"] for r in rows]
+        goals[g] = {"k_per_dataset": dict(zip([r["data"] for r in rows], ks)), "mean_k": round(float(np.mean(ks)), 1),
+                    "k_cap_over_mean_k": round(k / float(np.mean(ks)), 2),
+                    "mean_fewer_passes_factor": round(float(np.mean(fac)), 2),
+                    "total_fewer_passes_factor": round(
+                        sum(r["n_test"] * (1 + r["channels"] * k) for r in rows)
+                        / sum(r["n_test"] * (1 + r["channels"] * kk) for r, kk in zip(rows, ks)), 2),
+                    "agrees_with_k100_on_separated_pairs_all": all(
+                        r["goals_replayed"][g]["agrees_on_all_of_them"] for r in rows),
+                    "agrees_with_k100_on_separated_pairs_not_declared_tied_all": all(
+                        r["goals_replayed"][g]["agrees_on_all_not_declared_tied"] for r in rows),
+                    "max_k100_gap_in_a_declared_tie": max(
+                        r["goals_replayed"][g]["max_k100_gap_in_a_declared_tie"] for r in rows)}
+    return goals
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--presets", nargs="*", default=list(PRESETS))
@@ -198,13 +284,26 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="800 cells, 8 epochs")
     ap.add_argument("--cellcycle-model", default=None,
-                    help="pickle from runtime_comparison.py --save-model (real data, fold 0)")
+                    help="pickle from runtime_comparison.py --save-model (real data, fold 0), or 'pretrained' for "
+                         "the shipped fold-0 model")
     ap.add_argument("--cellcycle-train", action="store_true", help="train the real-data fold-0 model here")
     ap.add_argument("--cellcycle-epochs", type=int, default=20)
     ap.add_argument("--simulation", type=int, default=0, help="close-pair simulation with this many test sets")
+    ap.add_argument("--replay", default=None,
+                    help="recompute goals_replayed/goals_summary from the per-repeat importances stored in this JSON "
+                         "(no training, no forward passes) and rewrite it")
     ap.add_argument("--note", default=None)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
+    if args.replay:
+        doc = json.loads(Path(args.replay).read_text())
+        for r in doc["datasets"]:
+            r["goals_replayed"] = replay(np.asarray(r["per_repeat_importances_fixed"]), n_cells=r["n_test"],
+                                         cap=r["k_fixed"])
+        doc["goals_summary"] = summarize_goals(doc["datasets"], doc["k"])
+        Path(args.replay).write_text(json.dumps(doc, indent=2) + "\n")
+        print(json.dumps(doc["goals_summary"], indent=1))
+        return
     torch.set_num_threads(args.threads)
     n, ep = (800, 8) if args.quick else (args.n_samples, args.max_epochs)
     from pxpermute.adaptive import AdaptiveK
@@ -235,6 +334,9 @@ def main(argv=None) -> None:
             "total_forward_saved_fraction": round(1 - fa / fi, 3),
             "same_ranking_all": all(r["same_ranking"] for r in rows),
             "same_order_on_k100_separated_pairs_all": all(r["same_order_on_k100_separated_pairs"] for r in rows)})
+    if rows:
+        out["goals_summary"] = summarize_goals(rows, args.k)
+        print(json.dumps(out["goals_summary"], indent=1), flush=True)
     if args.simulation:
         out["close_pair_simulation"] = close_pair_simulation(args.simulation)
         print(json.dumps(out["close_pair_simulation"]), flush=True)

@@ -457,6 +457,10 @@ def _add_run(sub, common) -> None:
     g.add_argument("--adaptive-tol", type=_float_in(0, 1, hi_open=True), metavar="F",
                    help=f"tie tolerance in importance units, e.g. F1: a pair whose interval lies within +/- F is "
                         f"tied (default {ad['tol']:g})")
+    g.add_argument("--adaptive-top", type=_int_at_least(1), metavar="M",
+                   help="settle only the top M channels (their order, and that each is above all others), not the "
+                        "order of the rest: stops much sooner when unimportant channels differ by noise "
+                        "(default: the whole ranking)")
     g = p.add_argument_group("execution")
     g.add_argument("--device", default=None,
                    help="cpu, cuda, cuda:N or mps (each torchrun process takes cuda:LOCAL_RANK)")
@@ -562,7 +566,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.checkpoint and len(perts) > 1:
         raise CLIError("--checkpoint works with one perturbation per run; run each perturbation separately",
                        EXIT_USAGE)
-    adaptive_opts = {k: getattr(args, f"adaptive_{k}") for k in ("min_repeats", "chunk", "growth", "tol")}
+    adaptive_opts = {k: getattr(args, f"adaptive_{k}") for k in ("min_repeats", "chunk", "growth", "tol", "top")}
     adaptive_opts = {k: v for k, v in adaptive_opts.items() if v is not None}
     adaptive: Any = False
     if args.adaptive or adaptive_opts:

@@ -462,7 +462,9 @@ def channel_importance(
         ``n_repeats``.  ``result.info["n_repeats"]`` is the k used,
         ``info["adaptive"]`` the rule, why it stopped and the ``tie_groups``.  A
         dict sets the rule's options (``min_repeats``, ``chunk``, ``confidence``,
-        ``tol``, ``method``, ``min_scale``).
+        ``tol``, ``method``, ``min_scale``, ``growth``, ``top``); ``{"top": m}``
+        settles only the m most important channels (panel design) and needs far
+        fewer repeats when the other channels differ by noise.
     checkpoint : path, optional
         Partial-result file written after every finished chunk of repeats
         (atomically, with a checksum).  Rerunning the same call continues from

@@ -332,15 +332,16 @@ class RankingDecision:
     Attributes
     ----------
     settled : bool
-        Every adjacent pair of the order is resolved or tied.
+        Every checked pair (:func:`checked_pairs`) is resolved or tied.
     order : list of int
         Units by decreasing mean importance (ties broken by the point estimate).
     pairs : list of dict
-        One per adjacent pair: ``a``, ``b`` (unit indices, a ranked above b),
+        One per checked pair (:func:`checked_pairs`: the adjacent pairs of the
+        order, or with ``top`` the pairs that fix the top units): ``a``, ``b`` (unit indices, a ranked above b),
         ``low``, ``high`` (CS of mean(a) - mean(b)), ``status`` in
         ``{"resolved", "tie", "open"}``.
     tie_groups : list of list of int
-        Runs of units joined by adjacent ties (singletons left out).
+        Units joined by ties among the checked pairs, in rank order (singletons left out).
     n_repeats : int
         Repeats used (t).
     alpha_per_pair : float
@@ -365,6 +366,7 @@ def sequential_ranking(
     method: str = "t",
     min_repeats: int = 3,
     min_scale: float = 0.0,
+    top: int | None = None,
 ) -> RankingDecision:
     """Is the ranking of units settled after the repeats seen so far?  (the adaptive-k stopping rule)
 
@@ -404,6 +406,10 @@ def sequential_ranking(
         No decision before this many repeats (>= 2).
     min_scale : float
         Floor on the standard deviation of a difference (``"t"`` only).
+    top : int or None
+        Settle only the order of the first ``top`` units and that each of them is
+        above all others (:func:`checked_pairs`); None: the whole ranking.  The
+        level stays Bonferroni over all pairs, so the guarantee is unchanged.
 
     Examples
     --------
@@ -421,6 +427,7 @@ def sequential_ranking(
         raise ValueError(f"tol must be a number >= 0, got {tol!r}")
     if isinstance(min_repeats, bool) or not isinstance(min_repeats, (int, np.integer)) or min_repeats < 2:
         raise ValueError(f"min_repeats must be an integer >= 2, got {min_repeats!r}")
+    top = _check_top(top)
     R, U = imp.shape
     mean = imp.mean(axis=0)
     order = [int(i) for i in np.argsort(-mean, kind="stable")]
@@ -428,39 +435,87 @@ def sequential_ranking(
     a_pair = alpha / n_pairs
     if U < 2:
         return RankingDecision(True, order, [], [], R, a_pair, "single unit")
-    A = np.array(order[:-1])
-    B = np.array(order[1:])
-    diffs = imp[:, A] - imp[:, B]  # (R, U-1)
+    checked = checked_pairs(order, top)
+    A = np.array([a for a, _ in checked])
+    B = np.array([b for _, b in checked])
+    diffs = imp[:, A] - imp[:, B]  # (R, pairs checked)
     if method == "bernstein":
         lo, hi = confidence_sequence(diffs, alpha=a_pair, method="bernstein", bounds=(-2.0, 2.0))
     else:
         lo, hi = confidence_sequence(diffs, alpha=a_pair, method=method, min_scale=min_scale)
-    lo, hi = lo[-1], hi[-1]
-    pairs, statuses = [], []
-    for j, (a, b) in enumerate(zip(A, B)):
-        if R >= min_repeats and lo[j] > 0:
+    ready = R >= min_repeats
+    pairs, groups, settled = _pair_statuses(order, checked, lo[-1], hi[-1], ready=ready, tol=tol)
+    reason = _reason(settled, pairs, top, "" if ready else f"fewer than {min_repeats} repeats")
+    return RankingDecision(settled, order, pairs, groups, R, a_pair, reason)
+
+
+def _check_top(top: Any) -> int | None:
+    if top is None:
+        return None
+    if isinstance(top, bool) or not isinstance(top, (int, np.integer)) or top < 1:
+        raise ValueError(f"top must be None or an integer >= 1, got {top!r}")
+    return int(top)
+
+
+def checked_pairs(order: Sequence[int], top: int | None = None) -> list[tuple[int, int]]:
+    """The pairs (a above b) the stopping rule has to settle for the current ``order``.
+
+    ``top=None``: every adjacent pair of the order (the whole ranking).  ``top=m``
+    (< number of units): the adjacent pairs among the first m units plus the m-th
+    unit against every unit below it -- enough to fix the order of the top m
+    and that each of them is above every other unit (by transitivity), while the
+    order below the top m is left as estimated.
+
+    Examples
+    --------
+    >>> checked_pairs([2, 0, 1, 3])
+    [(2, 0), (0, 1), (1, 3)]
+    >>> checked_pairs([2, 0, 1, 3], top=1)
+    [(2, 0), (2, 1), (2, 3)]
+    """
+    order = [int(i) for i in order]
+    if top is None or top >= len(order) - 1:
+        return list(zip(order[:-1], order[1:]))
+    head = list(zip(order[: top - 1], order[1:top]))
+    return head + [(order[top - 1], b) for b in order[top:]]
+
+
+def _pair_statuses(order: list[int], checked: list[tuple[int, int]], lo: np.ndarray, hi: np.ndarray, *,
+                   ready: bool, tol: float) -> tuple[list[dict[str, Any]], list[list[int]], bool]:
+    """Resolved / tie / open for every checked pair from its interval of mean(a) - mean(b); tie groups."""
+    pairs: list[dict[str, Any]] = []
+    parent = {u: u for u in order}
+
+    def root(u: int) -> int:
+        while parent[u] != u:
+            parent[u] = parent[parent[u]]
+            u = parent[u]
+        return u
+
+    for (a, b), low, high in zip(checked, lo, hi):
+        if ready and low > 0:
             st = "resolved"
-        elif R >= min_repeats and lo[j] >= -tol and hi[j] <= tol:
+        elif ready and low >= -tol and high <= tol:
             st = "tie"
+            parent[root(b)] = root(a)
         else:
             st = "open"
-        statuses.append(st)
-        pairs.append({"a": int(a), "b": int(b), "low": float(lo[j]), "high": float(hi[j]), "status": st})
-    groups: list[list[int]] = []
-    cur = [order[0]]
-    for j, st in enumerate(statuses):
-        if st == "tie":
-            cur.append(order[j + 1])
-        else:
-            if len(cur) > 1:
-                groups.append(cur)
-            cur = [order[j + 1]]
-    if len(cur) > 1:
-        groups.append(cur)
-    settled = R >= min_repeats and all(s != "open" for s in statuses)
-    reason = "settled" if settled else (f"fewer than {min_repeats} repeats" if R < min_repeats else
-                                        f"{statuses.count('open')} adjacent pair(s) open")
-    return RankingDecision(settled, order, pairs, groups, R, a_pair, reason)
+        pairs.append({"a": int(a), "b": int(b), "low": float(low), "high": float(high), "status": st})
+    members: dict[int, list[int]] = {}
+    for u in order:  # groups listed in rank order, members too
+        members.setdefault(root(u), []).append(u)
+    groups = [g for g in members.values() if len(g) > 1]
+    settled = ready and all(p["status"] != "open" for p in pairs)
+    return pairs, groups, settled
+
+
+def _reason(settled: bool, pairs: list[dict[str, Any]], top: int | None, not_ready: str) -> str:
+    if not_ready:
+        return not_ready
+    if settled:
+        return "settled" if top is None else f"settled (top {top})"
+    n_open = sum(p["status"] == "open" for p in pairs)
+    return f"{n_open} {'adjacent ' if top is None else 'checked '}pair(s) open"
 
 
 # =============================================================================

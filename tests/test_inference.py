@@ -114,6 +114,61 @@ def test_sequential_ranking_wrong_order_is_rare_under_optional_stopping():
     assert wrong / 200 <= 0.05
 
 
+def test_checked_pairs_fix_the_top_units():
+    order = [3, 1, 4, 0, 2]
+    assert inf.checked_pairs(order) == [(3, 1), (1, 4), (4, 0), (0, 2)]
+    # top 2: their order, then the 2nd against everyone below (transitivity puts the 1st above them too)
+    assert inf.checked_pairs(order, top=2) == [(3, 1), (1, 4), (1, 0), (1, 2)]
+    # top >= units - 1 is the whole ranking
+    assert inf.checked_pairs(order, top=4) == inf.checked_pairs(order) == inf.checked_pairs(order, top=9)
+
+
+@pytest.mark.parametrize("rule", ["cs", "looks"])
+def test_top_m_settles_without_waiting_for_the_noisy_tail(rule):
+    from pxpermute.adaptive import group_sequential_ranking
+
+    rng = np.random.default_rng(11)
+    R = 12
+    # one clear leader; three near-zero channels whose means differ by less than the noise separates
+    imp = np.column_stack([rng.normal(0.5, 0.01, R), rng.normal(0.010, 0.011, R), rng.normal(0.008, 0.011, R),
+                           rng.normal(0.012, 0.011, R)])
+
+    def decide(top):
+        if rule == "cs":
+            return inf.sequential_ranking(imp, top=top)
+        return group_sequential_ranking(imp, [3, 5, 8, 12, 18, 100], top=top)
+
+    whole, top1 = decide(None), decide(1)
+    assert not whole.settled and "adjacent pair(s) open" in whole.reason
+    assert top1.settled and top1.order[0] == 0 and top1.reason == "settled (top 1)"
+    assert [(p["a"], p["b"]) for p in top1.pairs] == [(0, b) for b in top1.order[1:]]
+    assert all(p["status"] == "resolved" for p in top1.pairs)
+    with pytest.raises(ValueError, match="top"):
+        decide(0)
+
+
+def test_top_m_wrong_top_set_is_rare_under_optional_stopping():
+    # the 2nd and 3rd channel differ by 0.004 (SD 0.01 per repeat), the tail is noise: asking for the top 2 and
+    # stopping at the first look that allows it must put a wrong channel in the top 2 at most alpha of the time
+    from pxpermute.adaptive import AdaptiveK, ranking_settled
+
+    rng = np.random.default_rng(12)
+    rule = AdaptiveK(top=2, tol=0.0)
+    looks = rule.checkpoints(100)
+    wrong = stopped = 0
+    for _ in range(200):
+        imp = np.column_stack([rng.normal(m, 0.01, 100) for m in (0.5, 0.304, 0.300, 0.01, 0.011, 0.009)])
+        for t in looks:
+            hist: list = []
+            settled, _ = ranking_settled(imp[:t], rule=rule, history=hist, cap=100)
+            if settled:
+                stopped += t < 100
+                wrong += set(hist[-1].order[:2]) != {0, 1}
+                break
+    assert stopped > 0  # the rule does stop early in some runs
+    assert wrong / 200 <= 0.05
+
+
 def test_sequential_ranking_input_errors():
     with pytest.raises(ValueError, match="repeats, units"):
         inf.sequential_ranking(np.ones(5))

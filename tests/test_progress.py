@@ -83,8 +83,11 @@ def test_the_engine_creates_no_bar_with_progress_false_and_warns_not_with_progre
 
 
 def test_run_trainings_and_evaluation_bars_share_the_helper(count_bars, capsys):
-    from pxpermute.evaluation._common import progress_bar as eval_bar
+    from pxpermute.evaluation import panels
     from pxpermute.training import run_trainings
+
+    eval_bar = panels.progress_bar  # the evaluation loops call the package's one helper
+    assert eval_bar is progress_bar
 
     def square(x, n_threads):
         return x * x

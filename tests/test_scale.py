@@ -131,6 +131,18 @@ def test_adaptive_stops_early_and_matches_fixed_prefix():
     assert ad.info["n_forward_images"] < fixed.info["n_forward_images"]
 
 
+def test_adaptive_top_stops_no_later_and_records_the_goal():
+    X, y = _data(240)
+    whole = channel_importance(_rule_model, (X, y), n_repeats=100, random_state=2, progress=False, adaptive=True)
+    top = channel_importance(_rule_model, (X, y), n_repeats=100, random_state=2, progress=False,
+                             adaptive={"top": 1})
+    k = top.info["n_repeats"]
+    assert k <= whole.info["n_repeats"] and k in AdaptiveK().checkpoints(100)
+    assert top.info["adaptive"]["top"] == 1 and top.info["adaptive"]["stopped"].endswith("(top 1)")
+    np.testing.assert_array_equal(top.confusion, whole.confusion[:k])
+    assert top.ranking[0] == whole.ranking[0]
+
+
 def test_adaptive_respects_cap_and_deterministic_fill():
     X, y = _data()
     # an unreachable rule (no ties, a level no 12 repeats can reach) runs to the cap
@@ -160,7 +172,8 @@ def test_ranking_settled_rule():
 
 @pytest.mark.parametrize("bad, err", [
     ({"chunk": 0}, ValueError), ({"min_repeats": 1}, ValueError), ({"bogus": 1}, TypeError),
-    ("yes", TypeError), ({"confidence": 1.5}, ValueError), ({"tol": -0.1}, ValueError),
+    ("yes", TypeError), ({"confidence": 1.5}, ValueError), ({"tol": -0.1}, ValueError), ({"top": 0}, ValueError),
+    ({"top": True}, ValueError),
 ])
 def test_adaptive_bad_options(bad, err):
     X, y = _data(24)

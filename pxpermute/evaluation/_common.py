@@ -1,4 +1,4 @@
-"""Small pieces the evaluation modules share: argument checks, labels for provenance, progress bars."""
+"""Small pieces the evaluation modules share: argument checks and labels for provenance."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -7,7 +7,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .._progress import progress_bar as _progress_bar
 from .._validation import check_int
 from ..datasets.base import IFCDataset, resolve_channels
 from ..datasets.base import as_dataset as _as_dataset
@@ -77,8 +76,6 @@ def plain_params(train_kwargs: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in train_kwargs.items() if isinstance(v, (int, float, str, bool, type(None)))}
 
 
-def progress_bar(iterable: Any, progress: bool, desc: str, total: int | None = None) -> Any:
-    return _progress_bar(iterable, progress=progress, desc=desc, total=total)
 
 
 def cv_test_train_ratio(cv: Any) -> float:

@@ -75,6 +75,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from .._progress import progress_bar
 from .._protocol import (
     SavableResult,
     as_float,
@@ -95,7 +96,6 @@ from ._common import (
     fmt,
     model_label,
     names_of,
-    progress_bar,
     ranked_stains,
     ranking_label,
 )
@@ -456,7 +456,7 @@ def nested_rankings(
     split = list(skf.split(np.zeros(len(ds)), ds.labels))
     t0 = time.perf_counter()
     rankings, trainings = [], 0
-    for tr, _ in progress_bar(split, progress, "rankings per outer fold"):
+    for tr, _ in progress_bar(split, progress=progress, desc="rankings per outer fold"):
         res = fn(ds.subset(np.sort(tr)))
         trainings += int(res.info.get("n_trainings", 0)) if isinstance(res, ImportanceResult) else 0
         rankings.append(_names_of_ranking(res, ds))
@@ -1167,7 +1167,7 @@ def minimal_panel(
     # -- along the ranking: fixed sequence from the largest panel down -------------------
     rows, used, chosen_m = [], ref_cv.n_splits, None
     bottom = 0 if sf else 1
-    for step, m in enumerate(progress_bar(range(top, bottom - 1, -1), progress, "ranking search"), start=1):
+    for step, m in enumerate(progress_bar(range(top, bottom - 1, -1), progress=progress, desc="ranking search"), start=1):
         per_fold = [sf + s[:m] for s in rk.fold_stains]
         sc = _fit_panel(cache, per_fold, f"top-{m}", False)
         used += len(sc.f1)
