@@ -95,9 +95,9 @@ def test_run_trainings_and_evaluation_bars_share_the_helper(count_bars, capsys):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert run_trainings(square, [(1,), (2,)], progress=False) == [1, 4]
-        assert list(eval_bar(range(2), False, "off")) == [0, 1]
+        assert list(eval_bar(range(2), progress=False, desc="off")) == [0, 1]
         assert count_bars == []
         assert run_trainings(square, [(1,), (2,)], progress=True, n_jobs=1) == [1, 4]
-        assert list(eval_bar(range(2), True, "on")) == [0, 1]
+        assert list(eval_bar(range(2), progress=True, desc="on")) == [0, 1]
     assert len(count_bars) == 2
     capsys.readouterr()
