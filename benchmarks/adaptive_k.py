@@ -63,7 +63,7 @@ def replay(imp: np.ndarray, *, n_cells: int, cap: int) -> dict:
     from scipy import stats
 
     from pxpermute.adaptive import ranking_settled
-    from pxpermute.inference import checked_pairs
+    from pxpermute.inference import checked_pairs, effective_top
 
     C = imp.shape[1]
     R = imp.shape[0]
@@ -84,9 +84,8 @@ def replay(imp: np.ndarray, *, n_cells: int, cap: int) -> dict:
         pos = {u: i for i, u in enumerate(np.argsort(-ma, kind="stable"))}
         # pairs the goal covers, taken on the k = cap order: whole ranking -> every pair; top m -> pairs with a
         # member in the k = cap top m
-        top = rule.top if rule.top is not None and rule.top < C - 1 else None
-        covered = [(a, b) for i, a in enumerate(order_full) for b in order_full[i + 1:]
-                   if top is None or order_full.index(a) < top]
+        top = effective_top(rule.top, C)
+        covered = [(a, b) for i, a in enumerate(order_full) for b in order_full[i + 1:] if top is None or i < top]
         sep = [(a, b) for a, b in covered if m[a] - h[a] > m[b] + h[b]]
         # a pair the rule declared tied (within +/- tol, with the stated confidence) makes no order claim
         group = {u: gi for gi, g in enumerate(dec.tie_groups if dec else []) for u in g}

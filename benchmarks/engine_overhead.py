@@ -107,6 +107,15 @@ class generic_argsort:
         pp._pixel_permutation_cpu = self.fast
 
 
+def _variant(what: str, times: list[float], t_fwd: list[float]) -> dict:
+    """Ratios of one engine variant's times to the pure forward runs of the same rounds."""
+    pair = np.array(times) / np.array(t_fwd)
+    return {"what": what, "engine_s_all": [round(v, 4) for v in times], "ratio": round(min(times) / min(t_fwd), 4),
+            "ratio_median_of_pairs": round(float(np.median(pair)), 4),
+            "ratio_min_max_of_pairs": [round(float(pair.min()), 4), round(float(pair.max()), 4)],
+            "ratio_of_medians": round(float(np.median(times) / np.median(t_fwd)), 4)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cpu")
@@ -191,41 +200,24 @@ def main() -> None:
             t_fwd.append(pure_forward(model, n_img, args.batch_size, (C, H, W), device, args.amp, args.channels_last))
             assert res.info["n_forward_images"] == n_img
         te, tf = min(t_eng), min(t_fwd)
-        pair = np.array(t_eng) / np.array(t_fwd)  # each engine run against the forward run right after it
+        # pairs: each engine run against the forward run right after it
+        main_ratios = {k_: v for k_, v in _variant("", t_eng, t_fwd).items() if k_ != "what"}
         out["results"].append({"C": C, "H": H, "W": W, "k": k, "N": N, "forward_images": n_img,
                                "engine_s": round(te, 4), "pure_forward_s": round(tf, 4),
-                               "ratio": round(te / tf, 4), "engine_img_per_s": round(n_img / te, 1),
-                               "engine_s_all": [round(v, 4) for v in t_eng],
-                               "pure_forward_s_all": [round(v, 4) for v in t_fwd],
-                               "ratio_median_of_pairs": round(float(np.median(pair)), 4),
-                               "ratio_min_max_of_pairs": [round(float(pair.min()), 4), round(float(pair.max()), 4)],
-                               "ratio_of_medians": round(float(np.median(t_eng) / np.median(t_fwd)), 4),
+                               "engine_img_per_s": round(n_img / te, 1),
+                               "pure_forward_s_all": [round(v, 4) for v in t_fwd], **main_ratios,
                                "load_avg_after": [round(v, 2) for v in os.getloadavg()]})
         assert np.array_equal(res_nob.confusion, res.confusion)
-        nob_pair = np.array(t_nob) / np.array(t_fwd)
-        out["results"][-1]["without_bootstrap"] = {
-            "what": "the same call with n_bootstrap=0: perturbation + forward + confusion matrices only (the engine "
-                    "as the issue defines it); the default adds a Poisson bootstrap over test cells (999 replicates)",
-            "engine_s_all": [round(v, 4) for v in t_nob], "ratio": round(min(t_nob) / tf, 4),
-            "ratio_median_of_pairs": round(float(np.median(nob_pair)), 4),
-            "ratio_min_max_of_pairs": [round(float(nob_pair.min()), 4), round(float(nob_pair.max()), 4)],
-            "ratio_of_medians": round(float(np.median(t_nob) / np.median(t_fwd)), 4)}
+        row = out["results"][-1]
+        row["without_bootstrap"] = _variant(
+            "the same call with n_bootstrap=0: perturbation + forward + confusion matrices only (the engine as the "
+            "issue defines it); the default adds a Poisson bootstrap over test cells (999 replicates)", t_nob, t_fwd)
         if t_arg:
             assert np.array_equal(res_arg.confusion, res.confusion)  # the same permutations either way
-            arg_pair = np.array(t_arg) / np.array(t_fwd)
-            out["results"][-1]["generic_argsort"] = {
-                "what": generic_argsort.__doc__.split("\n")[0], "engine_s_all": [round(v, 4) for v in t_arg],
-                "ratio": round(min(t_arg) / tf, 4), "ratio_median_of_pairs": round(float(np.median(arg_pair)), 4),
-                "ratio_min_max_of_pairs": [round(float(arg_pair.min()), 4), round(float(arg_pair.max()), 4)],
-                "ratio_of_medians": round(float(np.median(t_arg) / np.median(t_fwd)), 4)}
+            row["generic_argsort"] = _variant(generic_argsort.__doc__.split("\n")[0], t_arg, t_fwd)
         if t_old:
             assert np.array_equal(res_old.confusion, res.confusion)  # the same numbers either way
-            old_pair = np.array(t_old) / np.array(t_fwd)
-            out["results"][-1]["before"] = {
-                "what": before_issue17.__doc__.split("\n")[0], "engine_s_all": [round(v, 4) for v in t_old],
-                "ratio": round(min(t_old) / tf, 4), "ratio_median_of_pairs": round(float(np.median(old_pair)), 4),
-                "ratio_min_max_of_pairs": [round(float(old_pair.min()), 4), round(float(old_pair.max()), 4)],
-                "ratio_of_medians": round(float(np.median(t_old) / np.median(t_fwd)), 4)}
+            row["before"] = _variant(before_issue17.__doc__.split("\n")[0], t_old, t_fwd)
         print(json.dumps(out["results"][-1]), flush=True)
     print(json.dumps(out, indent=2))
     if args.out:

@@ -31,10 +31,10 @@ from ._validation import ParameterError, check_float, check_int
 from .inference import (
     CS_METHODS,
     RankingDecision,
-    _check_top,
     _pair_statuses,
     _reason,
     checked_pairs,
+    effective_top,
     sequential_ranking,
 )
 
@@ -207,8 +207,8 @@ def group_sequential_ranking(importances: Any, looks: list[int], *, alpha: float
     imp = np.asarray(importances, dtype=float)
     if imp.ndim != 2 or imp.shape[0] == 0:
         raise ValueError(f"importances must have shape (repeats, units), got {imp.shape}")
-    top = _check_top(top)
     R, U = imp.shape
+    top = effective_top(top, U)
     mean = imp.mean(axis=0)
     order = [int(i) for i in np.argsort(-mean, kind="stable")]
     n_pairs = max(1, U * (U - 1) // 2)
@@ -286,4 +286,5 @@ def ranking_settled(importances: np.ndarray, *, aggregate: str = "mean", rule: A
     if not dec.settled:
         return False, "unsettled"
     why = "resolved" if not dec.tie_groups else "resolved with ties"
-    return True, why if rule.top is None or rule.top >= imp.shape[1] - 1 else f"{why} (top {rule.top})"
+    top = effective_top(rule.top, imp.shape[1])
+    return True, why if top is None else f"{why} (top {top})"

@@ -427,8 +427,8 @@ def sequential_ranking(
         raise ValueError(f"tol must be a number >= 0, got {tol!r}")
     if isinstance(min_repeats, bool) or not isinstance(min_repeats, (int, np.integer)) or min_repeats < 2:
         raise ValueError(f"min_repeats must be an integer >= 2, got {min_repeats!r}")
-    top = _check_top(top)
     R, U = imp.shape
+    top = effective_top(top, U)
     mean = imp.mean(axis=0)
     order = [int(i) for i in np.argsort(-mean, kind="stable")]
     n_pairs = max(1, U * (U - 1) // 2)
@@ -449,12 +449,16 @@ def sequential_ranking(
     return RankingDecision(settled, order, pairs, groups, R, a_pair, reason)
 
 
-def _check_top(top: Any) -> int | None:
+def effective_top(top: Any, n_units: int) -> int | None:
+    """``top`` checked (None or an integer >= 1); None where it covers the whole ranking (``top >= n_units - 1``).
+
+    (A local check: this module imports only numpy, scipy and the standard library.)
+    """
     if top is None:
         return None
     if isinstance(top, bool) or not isinstance(top, (int, np.integer)) or top < 1:
         raise ValueError(f"top must be None or an integer >= 1, got {top!r}")
-    return int(top)
+    return None if top >= n_units - 1 else int(top)
 
 
 def checked_pairs(order: Sequence[int], top: int | None = None) -> list[tuple[int, int]]:
@@ -474,7 +478,8 @@ def checked_pairs(order: Sequence[int], top: int | None = None) -> list[tuple[in
     [(2, 0), (2, 1), (2, 3)]
     """
     order = [int(i) for i in order]
-    if top is None or top >= len(order) - 1:
+    top = effective_top(top, len(order))
+    if top is None:
         return list(zip(order[:-1], order[1:]))
     head = list(zip(order[: top - 1], order[1:top]))
     return head + [(order[top - 1], b) for b in order[top:]]

@@ -76,8 +76,6 @@ def plain_params(train_kwargs: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in train_kwargs.items() if isinstance(v, (int, float, str, bool, type(None)))}
 
 
-
-
 def cv_test_train_ratio(cv: Any) -> float:
     """``n_test / n_train`` of a cross-validation, from its actual split sizes (the Nadeau-Bengio ratio).
 
